@@ -1,0 +1,1 @@
+"""Reports: everything that prints or writes results (computation lives elsewhere)."""

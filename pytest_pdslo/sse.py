@@ -1,0 +1,82 @@
+"""Incremental Server-Sent Events parser shared by every request function.
+
+Network chunks split SSE events anywhere (inside a line, a UTF-8 sequence, or
+between ``\\r`` and ``\\n``), so the parser buffers bytes and only ever splits at
+ASCII line terminators; payloads stay ``bytes`` (``json.loads`` takes them
+directly, and no partial UTF-8 sequence is ever decoded). Work is done per
+line with ``bytes`` methods, never per byte, because at high concurrency the
+client's own parsing cost would show up as server latency.
+"""
+
+from __future__ import annotations
+
+DONE = b"[DONE]"
+"""The OpenAI end-of-stream sentinel payload."""
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEParser:
+    """Feed byte chunks, get the ``data`` payload of each complete event.
+
+    Follows the WHATWG event-stream rules that matter for LLM servers: lines
+    end in ``\\n``, ``\\r\\n`` or ``\\r``; an empty line dispatches the event;
+    ``:`` starts a comment; several ``data:`` lines join with ``\\n``; one space
+    after the colon is dropped; other fields (``event``, ``id``, ``retry``) are
+    ignored; an event with no ``data`` line dispatches nothing.
+    """
+
+    __slots__ = ("_buf", "_data", "_started")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Add a chunk; return the payloads of the events it completed, in order."""
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if len(buf) < len(_BOM) and _BOM.startswith(buf):
+                self._buf = buf  # can't tell a BOM from data yet
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[len(_BOM) :]
+        # A trailing "\r" may be the first half of "\r\n": keep it for the next chunk.
+        scan_end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+        end = max(buf.rfind(b"\n", 0, scan_end), buf.rfind(b"\r", 0, scan_end))
+        if end < 0:
+            self._buf = buf
+            return []
+        self._buf = buf[end + 1 :]
+        return self._lines(buf[: end + 1])
+
+    def close(self) -> list[bytes]:
+        """End of stream: a held ``\\r`` ends its line; an unfinished event is dropped."""
+        buf, self._buf = self._buf, b""
+        events = self._lines(buf) if buf.endswith(b"\r") else []
+        self._data = []
+        return events
+
+    def _lines(self, block: bytes) -> list[bytes]:
+        """Process ``block``, which ends with a line terminator."""
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = block.split(b"\n")
+        lines.pop()  # the empty piece after the final terminator
+        events: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data = self._data = []
+                continue
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif line == b"data":
+                data.append(b"")
+            # comments (":...") and other fields are ignored
+        return events

@@ -32,10 +32,8 @@ def make_target(options: PdsloOptions) -> Target:
     """Build the session's target from ``--pdslo-target``."""
     t = options.target
     if t == "sim":
-        try:
-            from .sim.target import VirtualSimTarget
-        except ImportError:  # the virtual engine is optional while it is being built
-            return SimHttpTarget(seed=options.seed)
+        from .sim.target import VirtualSimTarget
+
         return VirtualSimTarget(seed=options.seed)
     if t == "sim-http":
         return SimHttpTarget(seed=options.seed)

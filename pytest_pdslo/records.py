@@ -35,14 +35,14 @@ class RequestRecord:
     @property
     def ttft(self) -> float | None:
         """Seconds from send to the first content chunk."""
-        if not self.chunk_times:
+        if len(self.chunk_times) == 0:
             return None
         return self.chunk_times[0] - self.send_time
 
     @property
     def e2el(self) -> float | None:
         """Seconds from send to the last content chunk."""
-        if not self.chunk_times:
+        if len(self.chunk_times) == 0:
             return None
         return self.chunk_times[-1] - self.send_time
 

@@ -84,3 +84,9 @@ def test_percentiles_monotone(ttfts: list[float]) -> None:
 def test_per_request_tpot_threshold_ignores_single_token() -> None:
     v = per_request_values([_rec(0.0, [0.1], 1)], {"tpot_ms": 1.0})
     assert v.good.tolist() == [True]
+
+
+def test_record_properties_with_numpy_chunk_times() -> None:
+    r = RequestRecord(send_time=1.0, chunk_times=np.array([1.5, 2.0, 3.0]), completion_tokens=0, ok=True)
+    assert r.ttft == 0.5 and r.e2el == 2.0 and r.output_tokens == 3
+    assert RequestRecord(send_time=0.0, chunk_times=np.array([])).ttft is None

@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--load-factor", type=float, default=0.002)
     serve.add_argument("--seed", type=int, default=0)
     serve.set_defaults(func=_serve)
+    run = sub.add_parser("run", help="simulate one benchmark point in virtual time and print its result")
+    from .engine.cli import add_run_arguments, run_main
+
+    add_run_arguments(run)
+    run.set_defaults(func=run_main)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -5,6 +5,8 @@
 The reference point: gpt-oss-120b on 8 x MI300X (TP8), 2,560 requests of 1k in / 1k out
 at concurrency 256 (the target is under 1 s on one core). A few harder points follow:
 spread inputs under a Poisson load (every step differs), P/D, and KV preemption.
+Last, every point of the reference suites in ``suites/`` through the ``sim`` target, as
+``pytest suites/`` runs them but without pytest (target: under 60 s and 1 GiB).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ POINTS: list[tuple[str, ClusterSpec, WorkloadSpec, LoadSpec]] = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per point; the best is reported")
+    parser.add_argument("--no-suites", action="store_true", help="skip the suites/ equivalent")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, pid {os.getpid()}, one process")
     t = time.perf_counter()
@@ -79,7 +82,48 @@ def main() -> int:
         )
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(f"peak RSS: {rss_mib:.0f} MiB")
+    if not args.no_suites:
+        suites_equivalent()
     return 0
+
+
+def suites_equivalent() -> None:
+    """Every point of ``suites/*.yaml`` on the virtual-time target, one after the other."""
+    from pytest_pdslo.errors import TargetError
+    from pytest_pdslo.sim.target import VirtualSimTarget
+    from pytest_pdslo.suite import load_suite
+    from pytest_pdslo.targets import RunOptions
+
+    root = Path(__file__).resolve().parents[1] / "suites"
+    target = VirtualSimTarget()
+    options = RunOptions()
+    total = 0.0
+    requests = points = errors = 0
+    for path in sorted(root.glob("*.yaml")):
+        loaded = load_suite(path)
+        t = time.perf_counter()
+        n = 0
+        slowest = (0.0, "")
+        for point in loaded.points():
+            t1 = time.perf_counter()
+            try:
+                requests += len(target.run(point, loaded.suite, options).records)
+            except TargetError:
+                errors += 1  # a deployment that does not fit: reported as a failed item by pytest
+            dt = time.perf_counter() - t1
+            slowest = max(slowest, (dt, point.id))
+            n += 1
+        wall = time.perf_counter() - t
+        total += wall
+        points += n
+        print(f"suite {path.name}: {n} points in {wall:.2f} s (slowest {slowest[1]}: {slowest[0]:.2f} s)")
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    verdict = "OK" if total < 60 and rss_mib < 1024 else "OVER TARGET"
+    print(
+        f"suites/ equivalent: {points} points ({errors} configuration errors), {requests:,} simulated requests, "
+        f"wall {total:.2f} s, "
+        f"peak RSS {rss_mib:.0f} MiB (target < 60 s, < 1024 MiB: {verdict})"
+    )
 
 
 if __name__ == "__main__":

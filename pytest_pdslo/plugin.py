@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from . import __version__
-from .items import SuiteFile
+from .baseline.gates import parse_tolerance
+from .baseline.refresh import refresh_baselines
+from .items import PointItem, SuiteFile
 from .report.files import write_json
-from .report.terminal import summary_lines
+from .analysis import analyse
+from .report.benchjson import benchmark_document
+from .report.sections import LEGEND, all_sections, banner, render_text
+from .report.session import write_report_dir
+from .report.terminal import baseline_lines
 from .state import SESSION_KEY, TARGET_CHOICES, PdsloOptions, PdsloSession
 
 MARKERS = {
@@ -30,11 +37,20 @@ MARKERS = {
 
 _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--pdslo-target", "pdslo_target", {"default": "sim", "help": f"where points run: {TARGET_CHOICES} (default: sim)"}),
-    ("--pdslo-report", "pdslo_report", {"default": None, "help": "directory for results.json"}),
+    ("--pdslo-report", "pdslo_report", {"default": None, "help": "directory for results.json, summary.md, pareto.csv, plots and report.html"}),
+    ("--pdslo-gpu-budget", "pdslo_gpu_budget", {"default": None, "help": "GPUs available: the P:D plan proposes the xPyD shape that fits them"}),
+    ("--pdslo-benchmark-json", "pdslo_benchmark_json", {"default": None, "help": "also export the session in pytest-benchmark's JSON format to this file"}),
     ("--pdslo-seed", "pdslo_seed", {"default": "0", "help": "seed for prompts, arrivals and the simulator"}),
     ("--pdslo-request-timeout", "pdslo_request_timeout", {"default": "600", "help": "per-request timeout, seconds"}),
     ("--pdslo-item-timeout", "pdslo_item_timeout", {"default": "1800", "help": "deadline of one item's run, seconds"}),
     ("--pdslo-api-key", "pdslo_api_key", {"default": None, "help": "bearer token for the target (default: $OPENAI_API_KEY)"}),
+    ("--pdslo-baselines", "pdslo_baselines", {"default": "baselines", "help": "directory of baseline files, relative to the rootdir (default: baselines)"}),
+    ("--pdslo-baseline-env", "pdslo_baseline_env", {"default": None, "help": "baseline environment (default: sim-<hardware> on the simulator, the GPU model on real targets)"}),
+]
+_FLAGS: list[tuple[str, str, str]] = [
+    ("--pdslo-update-baselines", "pdslo_update_baselines", "rewrite the baseline entries of the items that ran (SLOs still fail), pruning ids a fully collected suite no longer has"),
+    ("--pdslo-require-baselines", "pdslo_require_baselines", "fail items that have no (comparable) baseline"),
+    ("--pdslo-strict", "pdslo_strict", "fail items whose baseline comparison is inconclusive (too few samples, too wide an interval)"),
 ]
 
 
@@ -43,6 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, ini, kw in _OPTIONS:
         group.addoption(flag, dest=ini, default=None, help=kw["help"])
         parser.addini(ini, kw["help"], default=kw["default"])
+    for flag, ini, help_text in _FLAGS:
+        group.addoption(flag, dest=ini, action="store_true", default=None, help=help_text)
+        parser.addini(ini, help_text, type="bool", default=False)
+    tol_help = "baseline tolerance of a metric in percent, e.g. ttft_ms=10 (repeatable; a bare number sets the default, 5)"
+    group.addoption("--pdslo-tolerance", dest="pdslo_tolerance", action="append", default=None, metavar="METRIC=PCT", help=tol_help)
+    parser.addini("pdslo_tolerance", tol_help, type="linelist", default=[])
     parser.addini("pdslo_suite_dirs", "directory names whose YAML files are suites", type="linelist", default=["suites"])
     parser.addini("pdslo_suite_globs", "file name patterns of suites anywhere", type="linelist", default=["*.pdslo.yaml"])
 
@@ -67,9 +89,34 @@ def _number(config: pytest.Config, name: str, kind: type) -> Any:
 
 def _parse_options(config: pytest.Config) -> PdsloOptions:
     target = str(_get(config, "pdslo_target") or "sim").strip()
-    if target not in ("sim", "sim-http") and not target.startswith(("http://", "https://")):
+    if target not in ("sim", "sim-http", "vllm") and not target.startswith(("http://", "https://")):
         raise pytest.UsageError(f"--pdslo-target: unknown target {target!r}; use {TARGET_CHOICES}")
+    tolerances = []
+    for text in list(config.getini("pdslo_tolerance")) + list(config.getoption("pdslo_tolerance") or []):
+        try:
+            tolerances.append(parse_tolerance(text))
+        except ValueError as exc:
+            raise pytest.UsageError(f"--pdslo-tolerance: {exc}") from None
+    baselines_dir = Path(str(_get(config, "pdslo_baselines") or "baselines")).expanduser()
+    if not baselines_dir.is_absolute():
+        baselines_dir = config.rootpath / baselines_dir
+    env = _get(config, "pdslo_baseline_env") or None
+    if env is not None and (not env.strip() or "/" in env or env.strip() in (".", "..")):
+        raise pytest.UsageError(f"--pdslo-baseline-env: must be a plain directory name, got {env!r}")
+    budget = _get(config, "pdslo_gpu_budget")
+    if budget is not None:
+        budget = _number(config, "pdslo_gpu_budget", int)
+        if budget < 1:
+            raise pytest.UsageError(f"--pdslo-gpu-budget: must be a positive number of GPUs, got {budget}")
     return PdsloOptions(
+        gpu_budget=budget,
+        benchmark_json=_get(config, "pdslo_benchmark_json") or None,
+        baselines_dir=baselines_dir,
+        baseline_env=env.strip() if env else None,
+        update_baselines=bool(_get(config, "pdslo_update_baselines")),
+        require_baselines=bool(_get(config, "pdslo_require_baselines")),
+        strict=bool(_get(config, "pdslo_strict")),
+        tolerances=tuple(tolerances),
         target=target,
         report_dir=_get(config, "pdslo_report") or None,
         seed=_number(config, "pdslo_seed", int),
@@ -84,7 +131,7 @@ def _parse_options(config: pytest.Config) -> PdsloOptions:
 def pytest_configure(config: pytest.Config) -> None:
     for name, help_text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {help_text}")
-    state = PdsloSession(options=_parse_options(config))
+    state = PdsloSession(options=_parse_options(config), rootdir=config.rootpath)
     config.stash[SESSION_KEY] = state
     config.pluginmanager.register(ResultCollector(state), "pdslo-results")
 
@@ -130,18 +177,77 @@ class ResultCollector:
         self.state.entries.append(entry)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Record which suites were collected whole: only those may have baseline entries pruned."""
+    state = session.config.stash[SESSION_KEY]
+    kept: dict[str, set[str]] = {}
+    for item in session.items:
+        if isinstance(item, PointItem):
+            kept.setdefault(item.point.suite, set()).add(item.point.id)
+    for name, ids in state.suite_ids.items():
+        state.suite_complete[name] = kept.get(name, set()) == ids
+    if _is_worker(session.config):
+        # the xdist controller does not collect: it learns this from the workers (pytest_testnodedown)
+        session.config.workeroutput["pdslo_collection"] = {  # type: ignore[attr-defined]
+            name: {"ids": sorted(ids), "complete": state.suite_complete[name]} for name, ids in state.suite_ids.items()
+        }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: merge a worker's collection record."""
+    info = getattr(node, "workeroutput", {}).get("pdslo_collection")
+    if not info:
+        return
+    state = node.config.stash[SESSION_KEY]
+    for name, rec in info.items():
+        state.suite_ids.setdefault(name, set()).update(rec["ids"])
+        state.suite_complete[name] = state.suite_complete.get(name, True) and bool(rec["complete"])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash[SESSION_KEY]
     state.close()
-    if _is_worker(session.config) or not state.options.report_dir or not state.entries:
+    if _is_worker(session.config) or not state.entries:
         return
-    write_json(Path(state.options.report_dir) / "results.json", results_document(state))
+    if state.options.update_baselines:
+        state.baseline_updates = refresh_baselines(
+            state.entries, state.options.baselines_dir, state.suite_ids, state.suite_complete, state.display_path
+        )
+    entries = sorted(state.entries, key=_natural)
+    state.analysis = analyse(entries, state.options.gpu_budget)
+    if state.options.report_dir:
+        doc = results_document(state) | state.analysis.to_dict()
+        state.report_files = write_report_dir(
+            Path(state.options.report_dir), doc, entries, state.analysis, ", ".join(_targets(entries))
+        )
+    if state.options.benchmark_json:
+        path = Path(state.options.benchmark_json)
+        write_json(path, benchmark_document(entries, results_document(state)["fingerprint"] or {}))
+        state.report_files.append(path)
+
+
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry for results.json: no fingerprint (top level) and no baseline record (samples)."""
+    out = {k: v for k, v in entry.items() if k != "fingerprint"}
+    if isinstance(out.get("baseline"), dict):
+        out["baseline"] = {k: v for k, v in out["baseline"].items() if k != "record"}
+    return out
+
+
+def _natural(entry: dict[str, Any]) -> list[Any]:
+    """Node ids in human order: c4 before c16 before c128."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", entry["nodeid"])]
+
+
+def _targets(entries: list[dict[str, Any]]) -> list[str]:
+    return sorted({e.get("target", "?") for e in entries})
 
 
 def results_document(state: PdsloSession) -> dict[str, Any]:
-    entries = sorted(state.entries, key=lambda e: e["nodeid"])
+    entries = sorted(state.entries, key=_natural)
     fingerprint = next((e["fingerprint"] for e in entries if e.get("fingerprint")), state.fingerprint)
-    entries = [{k: v for k, v in e.items() if k != "fingerprint"} for e in entries]
+    entries = [_public(e) for e in entries]
     simulated = any(e.get("simulated") for e in entries)
     targets = sorted({e.get("target", "?") for e in entries})
     return {
@@ -155,13 +261,21 @@ def results_document(state: PdsloSession) -> dict[str, Any]:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash[SESSION_KEY]
-    if _is_worker(config) or not state.entries:
+    if _is_worker(config) or not state.entries or state.analysis is None:
         return
-    entries = sorted(state.entries, key=lambda e: e["nodeid"])
-    simulated = any(e.get("simulated") for e in entries)
-    targets = sorted({e.get("target", "?") for e in entries})
+    entries = sorted(state.entries, key=_natural)
+    simulated = state.analysis.simulated
     terminalreporter.section("pdslo summary" + (" (SIMULATED)" if simulated else ""))
-    for line in summary_lines(entries, simulated, ", ".join(targets)):
+    terminalreporter.write_line(banner(simulated, ", ".join(_targets(entries))))
+    for line in render_text(all_sections(entries, state.analysis, simulated)):
         terminalreporter.write_line(line)
-    if state.options.report_dir:
-        terminalreporter.write_line(f"report: {Path(state.options.report_dir) / 'results.json'}")
+    terminalreporter.write_line("")
+    for line in LEGEND:
+        terminalreporter.write_line(line)
+    for line in baseline_lines(entries, state.baseline_updates, update=state.options.update_baselines):
+        terminalreporter.write_line(line)
+    if state.report_files:
+        terminalreporter.write_line("")
+        terminalreporter.write_line("report files:")
+        for path in state.report_files:
+            terminalreporter.write_line(f"  {path}")

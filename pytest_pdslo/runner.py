@@ -9,7 +9,7 @@ from typing import Any
 from . import metrics as metrics_mod
 from . import slo as slo_mod
 from .suite import BenchmarkPoint, Suite
-from .targets import RunOptions, Target
+from .targets import RunOptions, Target, role_instance
 
 #: Client event-loop lag (p99, ms) above which latencies are suspect.
 CLIENT_LAG_LIMIT_MS = 20.0
@@ -27,6 +27,8 @@ class PointResult:
     notes: list[str] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: Per-request values behind ``metrics`` (for baselines); not part of ``to_entry``.
+    values: metrics_mod.MetricValues | None = None
 
     @property
     def slo_passed(self) -> bool:
@@ -35,6 +37,7 @@ class PointResult:
     def to_entry(self) -> dict[str, Any]:
         """The per-test object of ``results.json`` (outcome and nodeid added by the plugin)."""
         p = self.point
+        inst = role_instance(p)
         return {
             "suite": p.suite,
             "phase": p.phase,
@@ -43,6 +46,8 @@ class PointResult:
             "id": p.id,
             "params": dict(p.params),
             "num_requests": p.num_requests,
+            # the shape of the role exercised (P:D plan capacities are per instance)
+            "instance": {"tp": inst.tp, "replicas": inst.replicas} if inst is not None else None,
             "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
             "slo": [v.to_dict() | {"measured": _json_number(v.measured)} for v in self.verdicts],
             "notes": list(self.notes),
@@ -105,4 +110,5 @@ def run_point(point: BenchmarkPoint, suite: Suite, target: Target, options: RunO
         notes=notes,
         failures=failures,
         diagnostics=dict(outcome.diagnostics),
+        values=values,
     )

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .baseline.store import BaselineError, BaselineFile, read_baseline
 from .errors import TargetError
 from .targets import HttpTarget, RunOptions, SimHttpTarget, Target
 
-TARGET_CHOICES = "sim, sim-http or an http(s):// URL"
+TARGET_CHOICES = "sim, sim-http, vllm or an http(s):// URL"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,14 @@ class PdsloOptions:
     api_key: str | None = None
     suite_dirs: tuple[str, ...] = ("suites",)
     suite_globs: tuple[str, ...] = ("*.pdslo.yaml",)
+    gpu_budget: int | None = None
+    benchmark_json: str | None = None
+    baselines_dir: Path = Path("baselines")
+    baseline_env: str | None = None
+    update_baselines: bool = False
+    require_baselines: bool = False
+    strict: bool = False
+    tolerances: tuple[tuple[str, float], ...] = ()
 
 
 def make_target(options: PdsloOptions) -> Target:
@@ -37,6 +47,10 @@ def make_target(options: PdsloOptions) -> Target:
         return VirtualSimTarget(seed=options.seed)
     if t == "sim-http":
         return SimHttpTarget(seed=options.seed)
+    if t == "vllm":
+        from .vllm.target import VllmTarget
+
+        return VllmTarget(report_dir=options.report_dir)
     if t.startswith(("http://", "https://")):
         return HttpTarget(t)
     raise TargetError(f"unknown --pdslo-target {t!r}; use {TARGET_CHOICES}")
@@ -50,6 +64,17 @@ class PdsloSession:
     _target: Target | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    rootdir: Path = field(default_factory=Path.cwd)
+    #: suite name -> every test id its file(s) expand to (filled while collecting)
+    suite_ids: dict[str, set[str]] = field(default_factory=dict)
+    #: suite name -> whether every one of its items was collected and kept (no -k/-m/node-id selection)
+    suite_complete: dict[str, bool] = field(default_factory=dict)
+    #: what a baseline refresh wrote, for the terminal summary (controller only)
+    baseline_updates: list[dict[str, Any]] = field(default_factory=list)
+    #: the session-end analysis and the report files written (controller only)
+    analysis: Any = None
+    report_files: list[Path] = field(default_factory=list)
+    _baselines: dict[Path, BaselineFile | BaselineError | None] = field(default_factory=dict)
 
     def target(self) -> Target:
         """Created on first use, so collection-only runs start nothing."""
@@ -64,6 +89,25 @@ class PdsloSession:
             item_timeout_s=self.options.item_timeout_s,
             api_key=self.options.api_key or os.environ.get("OPENAI_API_KEY") or None,
         )
+
+    def display_path(self, path: Path) -> str:
+        """A path as the user sees it: relative to the rootdir when below it."""
+        try:
+            return str(path.relative_to(self.rootdir))
+        except ValueError:
+            return str(path)
+
+    def baseline_path(self, env: str, suite: str) -> Path:
+        return self.options.baselines_dir / env / f"{suite}.json"
+
+    def baseline(self, path: Path) -> BaselineFile | BaselineError | None:
+        """The baseline file at ``path``, read once per session (None when there is none)."""
+        if path not in self._baselines:
+            try:
+                self._baselines[path] = read_baseline(path, self.display_path(path))
+            except BaselineError as exc:
+                self._baselines[path] = exc
+        return self._baselines[path]
 
     def close(self) -> None:
         if self._target is not None:

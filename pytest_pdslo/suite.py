@@ -253,6 +253,58 @@ class AccuracyCheck(_Strict):
         return self
 
 
+def _check_regression_metrics(value: Any) -> Any:
+    """``{metric: percent | {statistic: percent} | null}`` or a list of metric names."""
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        value = {str(m): None for m in value}
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("must be a non-empty mapping of metric -> tolerance in percent (or a list of metrics)")
+    known = slo_mod.LATENCY_METRICS + slo_mod.FLOOR_METRICS
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    for metric, tol in value.items():
+        metric = str(metric)
+        if metric not in known:
+            problems.append(f"@{metric}: unknown metric {metric!r}; allowed: {', '.join(known)}")
+            continue
+        if isinstance(tol, Mapping):
+            if metric not in slo_mod.LATENCY_METRICS:
+                problems.append(f"@{metric}: {metric} is a whole-run figure; give a tolerance in percent, not statistics")
+                continue
+            stats: dict[str, float | None] = {}
+            for stat, pct in tol.items():
+                try:
+                    slo_mod.parse_statistic(str(stat))
+                except ValueError as exc:
+                    problems.append(f"@{metric}.{stat}: {exc}")
+                    continue
+                if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float)) or not math.isfinite(pct) or pct < 0):
+                    problems.append(f"@{metric}.{stat}: tolerance must be a percentage >= 0 (e.g. 5), got {pct!r}")
+                    continue
+                stats[str(stat)] = None if pct is None else float(pct)
+            out[metric] = stats
+        elif tol is None or (not isinstance(tol, bool) and isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+            out[metric] = None if tol is None else float(tol)
+        else:
+            problems.append(f"@{metric}: tolerance must be a percentage >= 0 (e.g. 5) or null, got {tol!r}")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return out
+
+
+class Regression(_Strict):
+    """Which metrics the baseline comparison gates, and how much each may worsen (percent).
+
+    Without this block an item gates every metric it has an SLO for, plus
+    ``output_throughput`` and ``request_goodput``, at ``tolerance`` percent.
+    """
+
+    tolerance: float = Field(default=5.0, ge=0)
+    metrics: Annotated[dict[str, Any], BeforeValidator(_check_regression_metrics)] = Field(default_factory=dict)
+
+
 class Suite(_Strict):
     name: str
     model: str = Field(min_length=1)
@@ -263,6 +315,7 @@ class Suite(_Strict):
     slo: Slo | None = None
     benchmarks: Benchmarks
     accuracy: list[AccuracyCheck] = Field(default_factory=list)
+    regression: Regression | None = None
 
     @field_validator("name")
     @classmethod
@@ -356,7 +409,7 @@ def _model_fields_at(loc: tuple) -> list[str] | None:
         if model is Suite and part == "accuracy":
             model = AccuracyCheck
             continue
-        sub = {"benchmarks": Benchmarks, "prefill": Instance, "decode": Instance, "launch": Launch, "sim": SimParams}
+        sub = {"benchmarks": Benchmarks, "prefill": Instance, "decode": Instance, "launch": Launch, "sim": SimParams, "regression": Regression}
         if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields and part in sub:
             model = sub[part]
             continue

@@ -16,7 +16,7 @@ from . import __version__
 from .errors import TargetError
 from .records import RequestRecord
 from .redact import redact_url
-from .suite import BenchmarkPoint, Deployment, Suite
+from .suite import BenchmarkPoint, Deployment, Instance, Suite
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,15 @@ def _instance_for(point: BenchmarkPoint) -> str:
     return {"prefill": "prefill", "decode": "decode"}.get(point.phase, "both")
 
 
+def role_instance(point: BenchmarkPoint) -> Instance | None:
+    """The instance shape a point exercises (None: a P/D serving point uses the whole deployment)."""
+    return point.deployment.instances.get(_instance_for(point))
+
+
 def gpus_for(point: BenchmarkPoint) -> int:
     """GPUs a point's throughput is divided by: the role it exercises, or the whole deployment."""
-    role = _instance_for(point)
-    inst = point.deployment.instances
-    if role in inst:
-        return inst[role].gpus
-    return point.deployment.gpus
+    inst = role_instance(point)
+    return inst.gpus if inst is not None else point.deployment.gpus
 
 
 class HttpTarget(Target):
@@ -194,8 +196,9 @@ class HttpTarget(Target):
 class SimHttpTarget(HttpTarget):
     """The simulator's HTTP face, started on loopback once per session.
 
-    Each deployment is served under its own path with latencies from its shape
-    (or its ``sim:`` block), and measured by the real client end to end.
+    Each deployment is served under its own path by the calibrated engine in
+    real time (or, for models without a profile or with a ``sim:`` block, by
+    simple latency parameters), and measured by the real client end to end.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -211,29 +214,13 @@ class SimHttpTarget(HttpTarget):
         return self._server
 
     def url_for(self, deployment_name: str, deployment: Deployment, suite: Suite) -> str:
-        from .sim.latency import LatencyParams
+        """Each deployment is served under its own path: the engine for known models, else latency params."""
+        from .sim.server import backend_for
 
         bg = self._ensure()
         key = f"{suite.name}--{deployment_name}"
         if key not in bg.server.deployments:
-            from .sim.latency import LatencyModel
-
-            inst = deployment.instances
-            if deployment.sim is not None and deployment.sim.itl_ms is not None:
-                s = deployment.sim
-                params = LatencyParams(
-                    ttft_ms=s.ttft_ms or 30.0,
-                    itl_ms=s.itl_ms or 8.0,
-                    prefill_ms_per_1k_tokens=s.prefill_ms_per_1k_tokens or 10.0,
-                    jitter=s.jitter,
-                    load_factor=s.load_factor,
-                )
-            elif deployment.mode == "aggregated":
-                a = inst["aggregated"]
-                params = LatencyParams.for_shape(a.tp, a.tp, a.replicas)
-            else:
-                params = LatencyParams.for_shape(inst["prefill"].tp, inst["decode"].tp, inst["decode"].replicas, transfer_ms=5.0)
-            bg.server.deployments[key] = LatencyModel(params, self.seed)
+            bg.server.deployments[key] = backend_for(suite, deployment_name, deployment, self.seed)
         return f"{bg.url}/d/{key}"
 
     def _model_name(self, url: str, suite: Suite, notes: list[str]) -> str:

@@ -34,7 +34,8 @@ benchmarks:
   serving: {input_len: 64, output_len: 8, concurrency: [2], requests: 4, warmup: 1}
 """
 
-SIM_HTTP = ["--pdslo-target", "sim-http", "-p", "no:cacheprovider"]
+# hypothesis' plugin would import (and assertion-rewrite) hypothesis again in every in-process run
+SIM_HTTP = ["--pdslo-target", "sim-http", "-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
 
 
 def _write_suite(pytester: pytest.Pytester, text: str = TINY, name: str = "suites/tiny.yaml") -> Path:

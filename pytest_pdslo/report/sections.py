@@ -6,11 +6,11 @@ sections, so the three never disagree.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..analysis import Analysis
+from .text import fmt, table
 
 
 @dataclass(frozen=True)
@@ -23,27 +23,26 @@ class Section:
     level: int = 2
 
 
-def fmt(v: Any, digits: int = 1) -> str:
-    """Numbers for people: thousands separators, no NaN, '-' for missing."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}" if abs(v) >= 10_000 else str(v)
-    if isinstance(v, float):
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.{digits}f}"
-    return str(v)
+def _workload(suite: str, isl: int, osl: int) -> str:
+    return f"{suite} {isl}/{osl}"
 
 
 def _outcome(e: dict[str, Any]) -> str:
     return {"passed": "ok", "failed": "FAIL"}.get(e.get("outcome", "?"), str(e.get("outcome", "?")))
 
 
+def _slo_word(e: dict[str, Any]) -> str:
+    """The SLO verdict alone (an item may also fail on its baseline, shown in its own column)."""
+    lines = e.get("slo") or []
+    if lines:
+        return "ok" if all(v.get("passed") for v in lines) else "FAIL"
+    return _outcome(e)
+
+
 def item_sections(entries: Sequence[dict[str, Any]], simulated: bool) -> list[Section]:
     """One table per suite, one line per item with its key figures."""
+    from .terminal import BASELINE_WORD
+
     suites: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         suites.setdefault(e.get("suite", "?"), []).append(e)
@@ -54,17 +53,29 @@ def item_sections(entries: Sequence[dict[str, Any]], simulated: bool) -> list[Se
             m = e.get("metrics", {})
             att = m.get("slo_attainment")
             rows.append((
-                e.get("id", "?"), _outcome(e), fmt(m.get("failed")), fmt(m.get("p90_ttft_ms")),
-                fmt(m.get("median_tpot_ms"), 2), fmt(m.get("p99_itl_ms"), 2), fmt(m.get("output_throughput_per_gpu")),
+                e.get("id", "?"), _slo_word(e), BASELINE_WORD.get((e.get("baseline") or {}).get("summary", ""), "-"),
+                fmt(m.get("p90_ttft_ms")), fmt(m.get("median_tpot_ms"), 2),
+                fmt(m.get("p99_itl_ms"), 2), fmt(m.get("output_throughput_per_gpu")),
                 fmt(att * 100 if isinstance(att, (int, float)) else None, 0),
             ))
-        notes = tuple(f"{e.get('id')}: {n}" for e in items for n in e.get("notes", []))
+        # baseline notes are summarised in the baselines part
+        notes = tuple(
+            f"{e.get('id')}: {n}" for e in items for n in e.get("notes", [])
+            if n not in (e.get("baseline") or {}).get("notes", [])
+        )
         out.append(Section(
             f"suite {suite}" + (" [SIMULATED]" if simulated else ""),
-            ("test", "SLO", "fail", "TTFT p90", "TPOT p50", "ITL p99", "tok/s/GPU", "SLO%"),
-            tuple(rows), "llrrrrrr", notes,
+            ("test", "SLO", "baseline", "TTFT p90", "TPOT p50", "ITL p99", "tok/s/GPU", "SLO%"),
+            tuple(rows), "lll" + "r" * 5, notes,
         ))
     return out
+
+
+LEGEND = (
+    "TTFT/TPOT/ITL in ms; tok/s/GPU = output tokens/s per GPU; SLO = every SLO line held (a failed",
+    "request fails the item unless the suite tolerates failures); SLO% = share of requests meeting",
+    "every per-request SLO; baseline: = unchanged, better, REGRESSED, ? inconclusive, none = no baseline.",
+)
 
 
 def pareto_sections(analysis: Analysis) -> list[Section]:
@@ -84,7 +95,7 @@ def pareto_sections(analysis: Analysis) -> list[Section]:
         ))
     if analysis.decisions:
         rows = tuple(
-            (f"ISL {r.input_len}/OSL {r.output_len}" if r.suite else "", r.load,
+            (_workload(r.suite, r.input_len, r.output_len), r.load,
              r.best.deployment if r.best else "none meets the SLOs",
              fmt(r.best.output_throughput_per_gpu) if r.best else "-",
              fmt(r.best.p90_ttft_ms) if r.best else "-",
@@ -94,18 +105,18 @@ def pareto_sections(analysis: Analysis) -> list[Section]:
         )
         out.append(Section(
             "Decision table: best deployment per load within the SLOs",
-            ("workload", "load", "deployment", "tok/s/GPU", "TTFT p90", "TPOT p50", "TPOT p90"),
+            ("workload ISL/OSL", "load", "deployment", "tok/s/GPU", "TTFT p90", "TPOT p50", "TPOT p90"),
             rows, "lllrrrr",
         ))
     if analysis.sustained:
         rows = tuple(
-            (f"{r.suite} ISL {r.input_len}/OSL {r.output_len}", r.deployment, r.max_load or "none within SLO",
+            (_workload(r.suite, r.input_len, r.output_len), r.deployment, r.max_load or "none within SLO",
              fmt(r.output_throughput_per_gpu), str(r.tested))
             for r in analysis.sustained
         )
         out.append(Section(
             "Highest load each deployment sustains within its SLOs",
-            ("workload", "deployment", "max load", "tok/s/GPU", "tested"), rows, "lllrr",
+            ("workload ISL/OSL", "deployment", "max load", "tok/s/GPU", "tested"), rows, "lllrr",
         ))
     return out
 
@@ -116,24 +127,25 @@ def plan_sections(analysis: Analysis) -> list[Section]:
     rows = []
     for p in analysis.plans:
         if p.prefill is None or p.decode is None:
-            rows.append((f"{p.suite} ISL {p.input_len}/OSL {p.output_len}", "-", "-", "-", "-", "-", p.reason))
+            rows.append((_workload(p.suite, p.input_len, p.output_len), "-", "-", "-", "-", "-", p.reason))
             continue
         shape = p.shape or (p.reason if p.budget else "-")
         rows.append((
-            f"{p.suite} ISL {p.input_len}/OSL {p.output_len}",
-            f"{p.prefill.deployment} {fmt(p.prefill.tokens_per_s)}",
-            f"{p.decode.deployment} {fmt(p.decode.tokens_per_s)}",
+            _workload(p.suite, p.input_len, p.output_len),
+            f"{fmt(p.prefill.tokens_per_s)} ({p.prefill.deployment})",
+            f"{fmt(p.decode.tokens_per_s)} ({p.decode.deployment})",
             fmt(p.ratio, 2),
             shape,
-            fmt(p.request_rate, 2),
-            f"{p.gpus_used}/{p.budget} GPUs" if p.gpus_used else "",
+            fmt(p.request_rate, 1),
+            f"{p.gpus_used}/{p.budget}" if p.gpus_used else "",
         ))
     budget = f" within {analysis.gpu_budget} GPUs" if analysis.gpu_budget else " (give --pdslo-gpu-budget N for a shape)"
     return [Section(
         "P:D plan" + budget,
-        ("workload", "prefill tok/s/inst", "decode tok/s/inst", "P:D", "xPyD", "req/s", "GPUs"),
+        ("workload ISL/OSL", "prefill tok/s", "decode tok/s", "P:D", "xPyD", "req/s", "GPUs"),
         tuple(rows), "lllrlrl",
-        tuple("assumption: " + a for a in analysis.plans[0].assumptions),
+        ("tok/s are per instance of the named deployment's shape; P:D = prefill instances per decode instance",)
+        + tuple("assumption: " + a for a in analysis.plans[0].assumptions),
     )]
 
 
@@ -150,8 +162,6 @@ def banner(simulated: bool, target: str) -> str:
 def render_text(sections: Sequence[Section], width: int = 100) -> list[str]:
     """Aligned plain-text tables for the terminal."""
     import textwrap
-
-    from .terminal import table
 
     lines: list[str] = []
     for s in sections:

@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-
-def _fmt(v: Any, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> list[str]:
-    """Aligned plain-text table; ``align`` is one 'l'/'r' per column (default: first left)."""
-    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else _fmt(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    align = align or ("l" + "r" * (len(headers) - 1))
-    out = []
-    for n, row in enumerate(cells):
-        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)]
-        out.append("  ".join(parts).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
+from .text import fmt as _fmt
+from .text import table
 
 
 def slo_table(verdicts: Sequence[dict]) -> list[str]:
@@ -43,40 +18,87 @@ def slo_table(verdicts: Sequence[dict]) -> list[str]:
     return table(["metric", "statistic", "measured", "limit", "verdict"], rows, "llrrl")
 
 
-def summary_lines(entries: Sequence[dict], simulated: bool, target: str) -> list[str]:
-    """One line per item with its key figures, grouped by suite."""
-    lines: list[str] = []
-    if simulated:
-        lines.append(f"SIMULATED results (target {target}): figures come from the simulator, not from hardware.")
-    else:
-        lines.append(f"target: {target}")
-    suites: dict[str, list[dict]] = {}
+BASELINE_WORD = {
+    "unchanged": "=",
+    "improvement": "better",
+    "regression": "REGRESSED",
+    "inconclusive": "?",
+    "no baseline": "none",
+    "not compared": "other hw",
+    "error": "ERROR",
+    "new": "new",
+    "no data": "-",
+}
+
+
+def _pct(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v * 100:+.1f}%"
+
+
+def regression_table(verdicts: Sequence[dict]) -> list[str]:
+    """metric | statistic | baseline | now | change | interval | tolerance | verdict — a regressed item's table."""
+    rows = []
+    conf = None
+    for v in verdicts:
+        conf = v.get("confidence", conf)
+        interval = f"[{_pct(v['low'])}, {_pct(v['high'])}]" if v.get("low") is not None else "-"
+        word = v["verdict"].upper() if v["verdict"] in ("regression", "inconclusive") else v["verdict"]
+        if v.get("reason") and v["verdict"] != "unchanged":
+            word += f" ({v['reason']})"
+        tol = ("+" if v.get("worse") == "higher" else "-") + f"{v['tolerance'] * 100:g}%"
+        rows.append([v["metric"], v["statistic"], _fmt(v["baseline"], 2), _fmt(v["now"], 2), _pct(v["change"]), interval, tol, word])
+    label = f"interval ({conf * 100:g}%)" if conf else "interval"
+    return table(["metric", "statistic", "baseline", "now", "change", label, "tolerance", "verdict"], rows, "llrrrrrl")
+
+
+def baseline_lines(entries: Sequence[dict], updates: Sequence[dict], update: bool = False) -> list[str]:
+    """The baseline part of the summary: per file, what was compared, missing, changed or written."""
+    files: dict[str, list[dict]] = {}
     for e in entries:
-        suites.setdefault(e.get("suite", "?"), []).append(e)
-    for suite, items in suites.items():
-        lines.append("")
-        lines.append(f"suite {suite}" + (" [SIMULATED]" if simulated else ""))
-        rows = []
+        b = e.get("baseline")
+        if b:
+            files.setdefault(b["file"], []).append(e)
+    if not files and not updates:
+        return []
+    lines = ["", "baselines" + (" (updating)" if update else "")]
+    for file, items in sorted(files.items()):
+        counts: dict[str, int] = {}
         for e in items:
-            m = e.get("metrics", {})
-            outcome = {"passed": "ok", "failed": "FAIL"}.get(e.get("outcome", "?"), e.get("outcome", "?"))
-            rows.append(
-                [
-                    e.get("id", "?"),
-                    outcome,
-                    _fmt(m.get("failed")),
-                    _fmt(m.get("p90_ttft_ms")),
-                    _fmt(m.get("median_tpot_ms"), 2),
-                    _fmt(m.get("p99_itl_ms"), 2),
-                    _fmt(m.get("output_throughput_per_gpu")),
-                    _fmt((m.get("slo_attainment") or 0) * 100 if m.get("slo_attainment") is not None else None, 0),
-                ]
-            )
-        lines += table(["test", "SLO", "fail", "TTFT p90", "TPOT p50", "ITL p99", "tok/s/GPU", "SLO%"], rows)
-        flagged = [(e.get("id"), n) for e in items for n in e.get("notes", [])]
-        for tid, note in flagged:
-            lines.append(f"  ! {tid}: {note}")
-    lines.append("")
-    lines.append("TTFT/TPOT/ITL in ms; tok/s/GPU = output tokens/s per GPU; fail = failed requests;")
-    lines.append("SLO% = share of requests meeting every per-request SLO.")
+            word = e["baseline"]["summary"]
+            counts[word] = counts.get(word, 0) + 1
+        order = ("unchanged", "improvement", "regression", "inconclusive", "no baseline", "new", "not compared", "error", "no data")
+        parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
+        lines.append(f"  {file}: {', '.join(parts)}")
+        software = sorted({c for e in items for c in e["baseline"].get("software_changes", [])})
+        if software:
+            lines.append(f"    compared across software changes: {', '.join(software)}")
+        hardware = sorted({c for e in items for c in e["baseline"].get("hardware_changes", [])})
+        if hardware:
+            lines.append(f"    not compared, hardware differs: {', '.join(hardware)}")
+        errors = sorted({e["baseline"]["error"] for e in items if e["baseline"].get("error")})
+        for err in errors:
+            lines += ["    " + ln for ln in err.splitlines()]
+        if counts.get("no baseline") and not update:
+            lines.append("    record missing entries with --pdslo-update-baselines")
+        for e in items:
+            for v in e["baseline"].get("verdicts", []):
+                if v["verdict"] in ("regression", "improvement"):
+                    interval = f" [{_pct(v['low'])}, {_pct(v['high'])}]" if v.get("low") is not None else ""
+                    lines.append(
+                        f"    {v['verdict']}: {e.get('id')}: {v['metric']} {v['statistic']} "
+                        f"{_fmt(v['baseline'], 2)} -> {_fmt(v['now'], 2)} ({_pct(v['change'])}{interval}, tolerance {v['tolerance'] * 100:g}%)"
+                    )
+    for u in updates:
+        lines.append(
+            f"  {'updated' if u['rewritten'] else 'up to date'}: {u['file']}: {u['written']} written "
+            f"({len(u['changed'])} changed, {len(u['new'])} new, {len(u['unchanged'])} unchanged), {len(u['pruned'])} pruned"
+        )
+        if not u.get("pruning"):
+            lines.append("    suite not fully collected in this session: nothing pruned")
+        for tid in u["pruned"]:
+            lines.append(f"    pruned: {tid}")
+        for p in u["problems"]:
+            lines.append(f"    {p}")
     return lines

@@ -1,4 +1,9 @@
-"""``python -m pytest_pdslo.sim``: serve the simulator over HTTP, or simulate one point."""
+"""``python -m pytest_pdslo.sim``: serve the simulator over HTTP, or simulate one point.
+
+``serve --model M --hardware H --tp N ...`` serves the calibrated engine in real
+time (the same engine and scheduler as the virtual-time target); without
+``--hardware`` it serves the simple latency model (``--ttft-ms``, ``--itl-ms``).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,63 @@ import sys
 from aiohttp import web
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .latency import LatencyParams
-    from .server import SimHttpServer
+def _cluster(args: argparse.Namespace):  # noqa: ANN202 - ClusterSpec, imported lazily
+    from .engine.spec import ClusterSpec, InstanceSpec
 
-    params = LatencyParams(
-        ttft_ms=args.ttft_ms,
-        itl_ms=args.itl_ms,
-        prefill_ms_per_1k_tokens=args.prefill_ms_per_1k,
-        jitter=args.jitter,
-        load_factor=args.load_factor,
-    )
-    server = SimHttpServer(model=args.model, params=params, seed=args.seed)
+    common = {
+        "model": args.model,
+        "hardware": args.hardware,
+        "name": "serve",
+        "profile": args.profile,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "block_size": args.block_size,
+        "router": args.router,
+        "kv_cache_dtype": args.kv_cache_dtype,
+    }
+    if args.prefill_tp is not None or args.decode_tp is not None:
+        ptp = args.prefill_tp if args.prefill_tp is not None else args.decode_tp
+        dtp = args.decode_tp if args.decode_tp is not None else ptp
+        return ClusterSpec(
+            mode="disaggregated",
+            prefill=InstanceSpec(ptp, args.prefill_replicas),
+            decode=InstanceSpec(dtp, args.decode_replicas),
+            **common,
+        )
+    return ClusterSpec(mode="aggregated", aggregated=InstanceSpec(args.tp, args.replicas), **common)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .engine.errors import SimConfigError
+    from .latency import LatencyParams
+    from .server import EngineBackend, SimHttpServer
+
+    if args.hardware:
+        try:
+            server = SimHttpServer(model=args.model, cluster=_cluster(args), max_model_len=args.max_model_len, seed=args.seed)
+        except SimConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        assert isinstance(server.default, EngineBackend)
+        eng = server.default.engine
+        what = (
+            f"engine: {args.model} on {eng.gpus} x {args.hardware} "
+            f"({server.default.cluster.mode}), max_model_len {eng.max_model_len}"
+        )
+    else:
+        params = LatencyParams(
+            ttft_ms=args.ttft_ms,
+            itl_ms=args.itl_ms,
+            prefill_ms_per_1k_tokens=args.prefill_ms_per_1k,
+            jitter=args.jitter,
+            load_factor=args.load_factor,
+        )
+        server = SimHttpServer(model=args.model, params=params, seed=args.seed)
+        what = f"latency model: TTFT {args.ttft_ms:g} ms, ITL {args.itl_ms:g} ms"
     print(
-        f"pdslo simulator (SIMULATED latencies) serving model {args.model!r} on http://{args.host}:{args.port}",
+        f"pdslo simulator (SIMULATED latencies; {what}) serving model {args.model!r} "
+        f"on http://{args.host}:{args.port}",
         flush=True,
     )
     try:
@@ -33,18 +81,37 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_pdslo.sim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pytest_pdslo.sim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the OpenAI API with simulated latencies")
+    serve = sub.add_parser("serve", help="serve the OpenAI API in real time (engine, or a simple latency model)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model", default="sim", help="model name reported by /v1/models")
-    serve.add_argument("--ttft-ms", type=float, default=30.0)
-    serve.add_argument("--itl-ms", type=float, default=8.0)
-    serve.add_argument("--prefill-ms-per-1k", type=float, default=10.0)
-    serve.add_argument("--jitter", type=float, default=0.05)
-    serve.add_argument("--load-factor", type=float, default=0.002)
+    serve.add_argument("--model", default="sim", help="served model name; with --hardware also its profile")
     serve.add_argument("--seed", type=int, default=0)
+    eng = serve.add_argument_group("engine (selected by --hardware)")
+    eng.add_argument("--hardware", default=None, help="GPU profile, e.g. mi300x: serve the calibrated engine")
+    eng.add_argument("--profile", default=None, help="model profile overriding the name's resolution")
+    eng.add_argument("--tp", type=int, default=1, help="tensor parallel size of an aggregated instance")
+    eng.add_argument("--replicas", type=int, default=1, help="aggregated instances behind the router")
+    eng.add_argument("--prefill-tp", type=int, default=None, help="P/D: prefill instance TP (selects P/D)")
+    eng.add_argument("--prefill-replicas", type=int, default=1)
+    eng.add_argument("--decode-tp", type=int, default=None, help="P/D: decode instance TP (default: prefill TP)")
+    eng.add_argument("--decode-replicas", type=int, default=1)
+    eng.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    eng.add_argument("--max-num-seqs", type=int, default=1024)
+    eng.add_argument("--max-model-len", type=int, default=None,
+                     help="longest prompt + output (default: 32768, or what the KV cache holds)")  # fmt: skip
+    eng.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    eng.add_argument("--block-size", type=int, default=16)
+    eng.add_argument("--kv-cache-dtype", default=None, help="auto (the profile's), bf16 or fp8")
+    eng.add_argument("--router", default="least_loaded", choices=("least_loaded", "round_robin"))
+    lat = serve.add_argument_group("latency model (without --hardware)")
+    lat.add_argument("--ttft-ms", type=float, default=30.0)
+    lat.add_argument("--itl-ms", type=float, default=8.0)
+    lat.add_argument("--prefill-ms-per-1k", type=float, default=10.0)
+    lat.add_argument("--jitter", type=float, default=0.05)
+    lat.add_argument("--load-factor", type=float, default=0.002)
     serve.set_defaults(func=_serve)
     run = sub.add_parser("run", help="simulate one benchmark point in virtual time and print its result")
     from .engine.cli import add_run_arguments, run_main

@@ -1,7 +1,9 @@
 """Calibrated discrete-event simulator of vLLM serving, in virtual time (no pytest here).
 
 ``simulate(ClusterSpec, WorkloadSpec, LoadSpec, seed)`` returns per-request
-``RequestRecord``s; profiles of GPUs and models are YAML data under ``profiles/``.
+``RequestRecord``s; ``RealtimeEngine`` drives the same engine incrementally (requests
+submitted one by one, time advanced on demand) for the real-time HTTP face. Profiles
+of GPUs and models are YAML data under ``profiles/``.
 """
 
 from pytest_pdslo.sim.engine.errors import SimConfigError
@@ -15,6 +17,7 @@ from pytest_pdslo.sim.engine.profiles import (
     model_from_hf_config,
     resolve_model,
 )
+from pytest_pdslo.sim.engine.realtime import RealtimeEngine
 from pytest_pdslo.sim.engine.spec import (
     ClusterSpec,
     InstanceSpec,
@@ -33,6 +36,7 @@ __all__ = [
     "InstanceSpec",
     "LoadSpec",
     "ModelProfile",
+    "RealtimeEngine",
     "SimConfigError",
     "SimResult",
     "StepTimeModel",

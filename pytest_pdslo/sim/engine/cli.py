@@ -36,11 +36,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     dep.add_argument("--max-num-seqs", type=int, default=1024)
     dep.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     dep.add_argument("--block-size", type=int, default=16)
+    dep.add_argument("--kv-cache-dtype", default=None, help="auto (the profile's), bf16 or fp8")
     dep.add_argument("--router", default="least_loaded", choices=("least_loaded", "round_robin"))
     wl = parser.add_argument_group("workload and load")
     wl.add_argument("--input-len", type=int, required=True, help="input tokens (decode bench: context length)")
     wl.add_argument("--output-len", type=int, required=True)
     wl.add_argument("--input-len-spread", type=float, default=0.0, help="input length uniform in [(1-s)*I, I]")
+    wl.add_argument("--output-len-spread", type=float, default=0.0, help="output length uniform in [(1-s)*O, O]")
     wl.add_argument("--concurrency", type=int, default=None, help="closed loop; with --request-rate: the cap")
     wl.add_argument("--request-rate", type=float, default=None, help="open loop, requests/s (Poisson)")
     wl.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the inter-arrival times")
@@ -63,6 +65,7 @@ def _cluster(args: argparse.Namespace) -> ClusterSpec:
         "decode_bench": args.decode_bench,
         "block_size": args.block_size,
         "router": args.router,
+        "kv_cache_dtype": args.kv_cache_dtype,
     }
     if args.prefill_tp is not None or args.decode_tp is not None:
         ptp = args.prefill_tp if args.prefill_tp is not None else args.decode_tp
@@ -146,6 +149,7 @@ def run_main(args: argparse.Namespace) -> int:
             output_len=args.output_len,
             num_requests=requests,
             input_len_spread=args.input_len_spread,
+            output_len_spread=args.output_len_spread,
             warmup=args.warmup,
         )
         load = LoadSpec(

@@ -101,6 +101,7 @@ class Cluster:
             inst.idx = k
             inst.sink = self
         self.now = 0.0
+        self._started = False
 
     # ------------------------------------------------------------------ events
 
@@ -108,16 +109,19 @@ class Cluster:
         self._seq += 1
         heapq.heappush(self._events, (t, _PRIO[kind], self._seq, kind, a, b))
 
-    def run(self) -> None:
-        if len(self.arrivals):
-            self._push(float(self.arrivals[0]), SEND)
+    def run(self, until: float = math.inf) -> None:
+        """Process every event up to ``until`` (and the run deadline); callable repeatedly."""
+        if not self._started:
+            self._started = True
+            if len(self.arrivals):
+                self._push(float(self.arrivals[0]), SEND)
         events = self._events
         instances = self.instances
-        deadline = self.deadline
+        limit = min(self.deadline, until)
         while events:
-            t, _, _, kind, a, b = heapq.heappop(events)
-            if t > deadline:
+            if events[0][0] > limit:
                 break
+            t, _, _, kind, a, b = heapq.heappop(events)
             self.now = t
             if kind == SEG:
                 inst = instances[a]
@@ -149,6 +153,10 @@ class Cluster:
                     self._push(float(self.arrivals[self._next_arrival]), SEND)
                 self._send_pending(t)
 
+    def next_event_time(self) -> float | None:
+        """Time of the earliest pending event; None when nothing is scheduled."""
+        return self._events[0][0] if self._events else None
+
     def _request_plan(self, inst: Instance, t: float) -> None:
         if not self._plan_pending[inst.idx]:
             self._plan_pending[inst.idx] = True
@@ -157,18 +165,22 @@ class Cluster:
     # ------------------------------------------------------------------ client
 
     def _send_pending(self, t: float) -> None:
-        tab = self.tab
         while self._pending and self._in_flight < self.max_in_flight:
             rid = self._pending.popleft()
             self._in_flight += 1
             self.send_time[rid] = t
-            inst = self.routers[self.first_role].pick()
-            if self.first_role == "prefill":
-                tab.stage_out[rid] = 1
-            elif self.preloaded:
-                tab.ext[rid] = tab.prompt[rid] - 1
-            inst.outstanding += 1
-            self._push(t + self.frontend_s, ARRIVE, inst.idx, rid)
+            self.dispatch(rid, t)
+
+    def dispatch(self, rid: int, t: float) -> None:
+        """Route request ``rid``, sent by the client at ``t``, to its first instance."""
+        tab = self.tab
+        inst = self.routers[self.first_role].pick()
+        if self.first_role == "prefill":
+            tab.stage_out[rid] = 1
+        elif self.preloaded:
+            tab.ext[rid] = tab.prompt[rid] - 1
+        inst.outstanding += 1
+        self._push(t + self.frontend_s, ARRIVE, inst.idx, rid)
 
     # ------------------------------------------------------------------ stage done
 

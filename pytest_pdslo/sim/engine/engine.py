@@ -57,6 +57,17 @@ class RequestTable:
         self.segs: list[list[list[int]]] = [[] for _ in range(n)]  # [instance, first step, steps]
         self.preempted = [0] * n
 
+    def add(self, prompt: int, output: int, fixed_units: int) -> int:
+        """Append one request (real-time driving); returns its id."""
+        self.prompt.append(prompt)
+        self.output.append(output)
+        self.fixed.append(fixed_units)
+        self.stage_out.append(output)
+        for column in (self.ext, self.gen, self.computed, self.held, self.admit, self.preempted):
+            column.append(0)
+        self.segs.append([])
+        return len(self.prompt) - 1
+
 
 class FinishSink(Protocol):
     def on_stage_done(self, inst: "Instance", rid: int, time: float) -> None: ...

@@ -42,6 +42,7 @@ class ClusterSpec:
     decode_bench: bool = False  # DecodeBenchConnector emulation
     block_size: int = 16
     router: str = "least_loaded"  # or "round_robin"
+    kv_cache_dtype: str | None = None  # vLLM's --kv-cache-dtype: "fp8" halves KV bytes; None: the profile's
 
     @property
     def gpus(self) -> int:
@@ -52,13 +53,14 @@ class ClusterSpec:
 
 @dataclass(frozen=True)
 class WorkloadSpec:
-    """Requests to send: fixed output length, input length optionally spread."""
+    """Requests to send: input and output lengths, each optionally spread below its maximum."""
 
     input_len: int  # for decode-bench: the pre-filled context length
     output_len: int
     num_requests: int
     input_len_spread: float = 0.0  # input length uniform in [(1-spread)*I, I]
     warmup: int = 0  # extra requests first, marked warmup=True
+    output_len_spread: float = 0.0  # output length uniform in [(1-spread)*O, O]
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,16 @@ class KVLayout:
 
 
 def model_for(cluster: ClusterSpec) -> ModelProfile:
-    """The model profile a deployment serves."""
-    return load_model(resolve_model(cluster.model, cluster.profile))
+    """The model profile a deployment serves (with its KV cache dtype when the deployment sets one)."""
+    model = load_model(resolve_model(cluster.model, cluster.profile))
+    kv = cluster.kv_cache_dtype
+    if kv is None or kv == "auto" or kv == model.kv_cache_dtype:
+        return model
+    if kv.startswith("fp8"):  # fp8, fp8_e4m3, fp8_e5m2
+        kv = "fp8"
+    if kv not in ("bf16", "fp16", "fp8", "fp32"):
+        raise SimConfigError(f"deployment {cluster.name}: unknown kv_cache_dtype {cluster.kv_cache_dtype!r}")
+    return model.model_copy(update={"kv_cache_dtype": kv})
 
 
 def _check_instance(spec: InstanceSpec | None, what: str, cluster: ClusterSpec, model: ModelProfile, hw: HardwareProfile) -> InstanceSpec:
@@ -102,7 +110,8 @@ def fixed_units(model: ModelProfile, block_size: int, max_len: int) -> int:
     return blocks * model.num_sliding_layers
 
 
-def _validate(cluster: ClusterSpec, workload: WorkloadSpec, load: LoadSpec) -> None:
+def validate_cluster(cluster: ClusterSpec) -> None:
+    """Raise ``SimConfigError`` for scheduler settings out of range (shapes are checked when built)."""
     where = f"deployment {cluster.name}"
     if cluster.mode not in ("aggregated", "disaggregated"):
         raise SimConfigError(f"{where}: mode must be 'aggregated' or 'disaggregated', got {cluster.mode!r}")
@@ -121,6 +130,10 @@ def _validate(cluster: ClusterSpec, workload: WorkloadSpec, load: LoadSpec) -> N
         raise SimConfigError(f"{where}: gpu_memory_utilization must be in (0, 1], got {cluster.gpu_memory_utilization}")
     if cluster.block_size < 1:
         raise SimConfigError(f"{where}: block_size must be >= 1, got {cluster.block_size}")
+
+
+def _validate(cluster: ClusterSpec, workload: WorkloadSpec, load: LoadSpec) -> None:
+    validate_cluster(cluster)
     if workload.input_len < 1 or workload.output_len < 1:
         raise SimConfigError(
             f"input_len and output_len must be >= 1, got {workload.input_len} and {workload.output_len}"
@@ -129,6 +142,8 @@ def _validate(cluster: ClusterSpec, workload: WorkloadSpec, load: LoadSpec) -> N
         raise SimConfigError(f"num_requests must be >= 1, got {workload.num_requests}")
     if not 0 <= workload.input_len_spread < 1:
         raise SimConfigError(f"input_len_spread must be in [0, 1), got {workload.input_len_spread}")
+    if not 0 <= workload.output_len_spread < 1:
+        raise SimConfigError(f"output_len_spread must be in [0, 1), got {workload.output_len_spread}")
     if workload.warmup < 0:
         raise SimConfigError(f"warmup must be >= 0, got {workload.warmup}")
     if load.concurrency is not None and load.concurrency < 1:
@@ -187,7 +202,58 @@ def simulate(
     prompts = rng.integers(lo, hi + 1, size=n_total) if lo < hi else np.full(n_total, hi)
     out_len = workload.output_len
     max_len = hi + out_len
+    arrivals, cap = _arrivals(load, n_total, rng)
+    out_lo = max(1, math.ceil((1.0 - workload.output_len_spread) * out_len))
+    outputs = [int(o) for o in rng.integers(out_lo, out_len + 1, size=n_total)] if out_lo < out_len else [out_len] * n_total
 
+    bs = cluster.block_size
+    fixed = fixed_units(model, bs, max_len)
+    table = RequestTable([int(p) for p in prompts], outputs, [fixed] * n_total)
+    pools, transfer = build_pools(cluster, model, hw, table, prefill_len=hi + 1, max_len=max_len, step_by_step=step_by_step)
+
+    sim = Cluster(
+        table,
+        pools,
+        router=cluster.router,
+        frontend_s=hw.efficiency.frontend_latency_ms * 1e-3,
+        transfer=transfer,
+        preloaded=cluster.decode_bench,
+        arrivals=arrivals,
+        max_in_flight=cap,
+        deadline=load.deadline_s,
+    )
+    sim.run()
+    records = _records(sim, table, workload.warmup, load.deadline_s)
+    return SimResult(
+        records=records,
+        gpus=cluster_gpus(cluster),
+        stats=_stats(sim, records),
+        trace=[_trace(i) for i in sim.instances] if trace else [],
+    )
+
+
+def cluster_gpus(cluster: ClusterSpec) -> int:
+    """GPUs of a validated deployment."""
+    specs = [cluster.aggregated] if cluster.mode == "aggregated" else [cluster.prefill, cluster.decode]
+    return sum(s.tp * s.replicas for s in specs if s is not None)
+
+
+def build_pools(
+    cluster: ClusterSpec,
+    model: ModelProfile,
+    hw: HardwareProfile,
+    table: RequestTable,
+    *,
+    prefill_len: int,
+    max_len: int,
+    step_by_step: bool = False,
+) -> tuple[dict[str, list[Instance]], Transfer | None]:
+    """The instances of a deployment by role, and the P/D KV transfer (None when aggregated).
+
+    ``max_len`` is the longest request (prompt + output) an instance must hold,
+    ``prefill_len`` the longest a prefill instance must hold. Raises ``SimConfigError``
+    for invalid shapes and for deployments where one such request does not fit.
+    """
     if cluster.mode == "aggregated":
         roles = {"aggregated": _check_instance(cluster.aggregated, "aggregated", cluster, model, hw)}
     else:
@@ -196,15 +262,9 @@ def simulate(
             "decode": _check_instance(cluster.decode, "decode", cluster, model, hw),
         }
     bs = cluster.block_size
-    fixed = fixed_units(model, bs, max_len)
-    table = RequestTable(
-        [int(p) for p in prompts],
-        [out_len] * n_total,
-        [fixed] * n_total,
-    )
     pools: dict[str, list[Instance]] = {}
     for role, spec in roles.items():
-        layout = kv_layout(cluster, model, hw, spec.tp, hi + 1 if role == "prefill" else max_len)
+        layout = kv_layout(cluster, model, hw, spec.tp, prefill_len if role == "prefill" else max_len)
         cfg = EngineConfig(
             role=role,
             max_num_batched_tokens=cluster.max_num_batched_tokens,
@@ -231,27 +291,7 @@ def simulate(
             bandwidth=lanes * hw.nic_gbps * 1e9 / 8 * eff.nic_efficiency,
             latency=eff.kv_transfer_latency_ms * 1e-3,
         )
-
-    arrivals, cap = _arrivals(load, n_total, rng)
-    sim = Cluster(
-        table,
-        pools,
-        router=cluster.router,
-        frontend_s=hw.efficiency.frontend_latency_ms * 1e-3,
-        transfer=transfer,
-        preloaded=cluster.decode_bench,
-        arrivals=arrivals,
-        max_in_flight=cap,
-        deadline=load.deadline_s,
-    )
-    sim.run()
-    records = _records(sim, table, workload.warmup, load.deadline_s)
-    return SimResult(
-        records=records,
-        gpus=sum(s.tp * s.replicas for s in roles.values()),
-        stats=_stats(sim, records),
-        trace=[_trace(i) for i in sim.instances] if trace else [],
-    )
+    return pools, transfer
 
 
 def _records(sim: Cluster, table: RequestTable, warmup: int, deadline: float | None) -> list[RequestRecord]:

@@ -13,41 +13,15 @@ import sys
 from aiohttp import web
 
 
-def _cluster(args: argparse.Namespace):  # noqa: ANN202 - ClusterSpec, imported lazily
-    from .engine.spec import ClusterSpec, InstanceSpec
-
-    common = {
-        "model": args.model,
-        "hardware": args.hardware,
-        "name": "serve",
-        "profile": args.profile,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_num_seqs": args.max_num_seqs,
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "block_size": args.block_size,
-        "router": args.router,
-        "kv_cache_dtype": args.kv_cache_dtype,
-    }
-    if args.prefill_tp is not None or args.decode_tp is not None:
-        ptp = args.prefill_tp if args.prefill_tp is not None else args.decode_tp
-        dtp = args.decode_tp if args.decode_tp is not None else ptp
-        return ClusterSpec(
-            mode="disaggregated",
-            prefill=InstanceSpec(ptp, args.prefill_replicas),
-            decode=InstanceSpec(dtp, args.decode_replicas),
-            **common,
-        )
-    return ClusterSpec(mode="aggregated", aggregated=InstanceSpec(args.tp, args.replicas), **common)
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from .engine.cli import cluster_from_args
     from .engine.errors import SimConfigError
     from .latency import LatencyParams
     from .server import EngineBackend, SimHttpServer
 
     if args.hardware:
         try:
-            server = SimHttpServer(model=args.model, cluster=_cluster(args), max_model_len=args.max_model_len, seed=args.seed)
+            server = SimHttpServer(model=args.model, cluster=cluster_from_args(args, name="serve"), max_model_len=args.max_model_len, seed=args.seed)
         except SimConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

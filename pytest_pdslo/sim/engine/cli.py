@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
-import numpy as np
-
-from pytest_pdslo.records import RequestRecord
+from pytest_pdslo.metrics import summarize
 from pytest_pdslo.sim.engine.errors import SimConfigError
 from pytest_pdslo.sim.engine.spec import ClusterSpec, InstanceSpec, LoadSpec, WorkloadSpec
 from pytest_pdslo.sim.engine.virtual import simulate
@@ -53,16 +52,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _cluster(args: argparse.Namespace) -> ClusterSpec:
+def cluster_from_args(args: argparse.Namespace, name: str = "cli") -> ClusterSpec:
+    """The deployment the ``run``/``serve`` arguments describe (shared by both commands)."""
     common: dict[str, Any] = {
         "model": args.model,
         "hardware": args.hardware,
-        "name": "cli",
+        "name": name,
         "profile": args.profile,
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
         "gpu_memory_utilization": args.gpu_memory_utilization,
-        "decode_bench": args.decode_bench,
+        "decode_bench": bool(getattr(args, "decode_bench", False)),
         "block_size": args.block_size,
         "router": args.router,
         "kv_cache_dtype": args.kv_cache_dtype,
@@ -79,68 +79,10 @@ def _cluster(args: argparse.Namespace) -> ClusterSpec:
     return ClusterSpec(mode="aggregated", aggregated=InstanceSpec(args.tp, args.replicas), **common)
 
 
-def _dist(prefix: str, values_s: np.ndarray) -> dict[str, float]:
-    ms = values_s * 1e3
-    if ms.size == 0:
-        return {f"{k}_{prefix}_ms": 0.0 for k in ("mean", "median", "std", "p90", "p99")}
-    return {
-        f"mean_{prefix}_ms": float(ms.mean()),
-        f"median_{prefix}_ms": float(np.median(ms)),
-        f"std_{prefix}_ms": float(ms.std()),
-        f"p90_{prefix}_ms": float(np.percentile(ms, 90)),
-        f"p99_{prefix}_ms": float(np.percentile(ms, 99)),
-    }
-
-
-def summarize(records: list[RequestRecord], gpus: int) -> dict[str, Any]:
-    """vLLM-bench-style figures over the measured (non-warm-up) requests.
-
-    A minimal local stand-in; the plugin's shared metrics module supersedes it.
-    """
-    measured = [r for r in records if not r.warmup]
-    done = [r for r in measured if r.ok and len(r.chunk_times)]
-    starts = [r.send_time for r in measured]
-    ends = [float(r.chunk_times[-1]) for r in measured if len(r.chunk_times)]
-    duration = (max(ends) - min(starts)) if ends else 0.0
-    ttft, tpot, e2el, itl = [], [], [], []
-    in_tok = out_tok = 0
-    for r in done:
-        t = np.asarray(r.chunk_times, dtype=np.float64)
-        n = r.output_tokens
-        in_tok += r.prompt_tokens
-        out_tok += n
-        ttft.append(t[0] - r.send_time)
-        e2el.append(t[-1] - r.send_time)
-        if n > 1:
-            tpot.append((t[-1] - t[0]) / (n - 1))
-        itl.append(np.diff(t))
-    rate = (lambda x: x / duration) if duration > 0 else (lambda x: 0.0)
-    out: dict[str, Any] = {
-        "simulated": True,
-        "gpus": gpus,
-        "completed": len(done),
-        "failed": len(measured) - len(done),
-        "duration": duration,
-        "total_input_tokens": in_tok,
-        "total_output_tokens": out_tok,
-        "request_throughput": rate(len(done)),
-        "output_throughput": rate(out_tok),
-        "total_token_throughput": rate(in_tok + out_tok),
-        "output_throughput_per_gpu": rate(out_tok) / gpus if gpus else 0.0,
-    }
-    out.update(_dist("ttft", np.asarray(ttft)))
-    out.update(_dist("tpot", np.asarray(tpot)))
-    out.update(_dist("itl", np.concatenate(itl) if itl else np.empty(0)))
-    out.update(_dist("e2el", np.asarray(e2el)))
-    med = out["median_tpot_ms"]
-    out["interactivity"] = 1000.0 / med if med > 0 else 0.0
-    return out
-
-
 def run_main(args: argparse.Namespace) -> int:
     """Simulate the point the arguments describe; 0 on success, 2 on a configuration error."""
     try:
-        cluster = _cluster(args)
+        cluster = cluster_from_args(args)
         requests = args.requests
         if requests is None:
             requests = 10 * args.concurrency if args.concurrency else 100
@@ -162,7 +104,9 @@ def run_main(args: argparse.Namespace) -> int:
     except SimConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = summarize(result.records, result.gpus)
+    summary, _ = summarize(result.records, gpus=result.gpus, simulated=True)
+    # NaN (e.g. no TPOT for one-token requests) is not JSON
+    summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
     summary.update({
         "model": args.model,
         "hardware": args.hardware,

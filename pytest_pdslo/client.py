@@ -1,25 +1,35 @@
 """Streaming request functions for OpenAI-compatible servers (vLLM and friends).
 
-One loop (``_stream``) serves every API flavour; a flavour only says where to
-POST, how to build the body and what counts as content in a chunk. Each call
-fills one ``RequestRecord``: timestamps are taken when a network chunk is read,
-before any parsing, so the client's own work is not billed to the server.
-Failures of any kind become a failed record, never an exception, so one bad
-request cannot end a run.
+One request function per API flavour; a flavour only says where to POST, how to
+build the body and what counts as content in a chunk. Each call fills one
+``RequestRecord``: timestamps are taken when a network chunk is read, before any
+parsing, so the client's own work is not billed to the server. Failures of any
+kind become a failed record, never an exception, so one bad request cannot end
+a run.
+
+A request function takes either session: a ``leanhttp.Pool`` (what the load
+generator uses: the protocol fills the record inside ``data_received``, with no
+task wake-up per chunk) or an ``aiohttp.ClientSession`` (the general-purpose
+client; about twice the CPU per chunk). Both share the per-chunk work:
+``SSEParser`` plus ``fast_token_count``, which reads a plain vLLM token chunk's
+``token_ids`` without a JSON parse; every other event (usage, errors, chunks
+without ``token_ids``) is parsed in full, so counts and error detection are exact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import aiohttp
 
 from pytest_pdslo.control import normalize_base_url
+from pytest_pdslo.leanhttp import BodySink, Connection, HTTPError, Origin, Pool, build_request
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.redact import redact, redact_url, url_secrets
 from pytest_pdslo.sse import DONE, SSEParser
@@ -68,10 +78,14 @@ class Endpoint:
         return [s for s in (self.api_key, *url_secrets(self.base_url)) if s]
 
 
+Session = Union[Pool, aiohttp.ClientSession]
+"""What request functions send on: the lean pool (the load generator's) or aiohttp's."""
+
+
 class RequestFunc(Protocol):
     """Send one streaming request and return its record (filled in place if given)."""
 
-    async def __call__(self, session: aiohttp.ClientSession, endpoint: Endpoint,
+    async def __call__(self, session: Session, endpoint: Endpoint,
                        spec: RequestSpec,
                        record: RequestRecord | None = None) -> RequestRecord: ...
 
@@ -131,7 +145,7 @@ class _StreamError(Exception):
 
 def _handle_event(payload: bytes, record: RequestRecord, now: float,
                   has_text: Callable[[dict[str, Any]], bool]) -> bool:
-    """Apply one SSE payload to ``record``; return True at ``[DONE]``."""
+    """Apply one SSE payload to ``record`` with a full JSON parse; return True at ``[DONE]``."""
     if payload == DONE:
         return True
     try:
@@ -164,41 +178,122 @@ def _handle_event(payload: bytes, record: RequestRecord, now: float,
     return False
 
 
-async def _stream(flavour: _Flavour, session: aiohttp.ClientSession, endpoint: Endpoint,
-                  spec: RequestSpec, record: RequestRecord | None) -> RequestRecord:
-    """The one request loop: POST, read SSE, fill the record; errors become the record's."""
-    if record is None:
-        record = RequestRecord(send_time=0.0)
-    url = endpoint.base_url + flavour.path
+_TOKEN_IDS = b'"token_ids":'
+_NOT_INTS = b"0123456789, "
+# After a chunk's token_ids list: only null-valued keys (never "error"), the end of the
+# choice and of the choices list, then only such keys at the top ("usage": null).
+_PLAIN_TAIL = re.compile(rb'\](?:, ?"(?!error")\w+": ?null)*\}\]'
+                         rb'(?:, ?"(?!error")\w+": ?null)*\}').fullmatch
+
+
+def fast_token_count(payload: bytes) -> int:
+    """Tokens in a plain token chunk, read without a JSON parse; 0: parse it in full.
+
+    A plain chunk is vLLM's usual one: a JSON object with no ``"error"`` or ``"usage"``
+    key before its ``choices`` list, whose (only, or last) choice ends with a non-empty
+    ``token_ids`` list of integers followed only by null-valued keys, and after the
+    list only null-valued top-level keys (``"usage": null``). Quotes inside JSON
+    strings are escaped, so ``"token_ids":`` can only be a key. Anything else (the
+    usage chunk, error events, chunks without ``token_ids``, several choices, odd
+    shapes) returns 0 and goes through ``_handle_event``: the fast path changes the
+    cost of a chunk, never its meaning.
+    """
+    i = payload.find(_TOKEN_IDS)
+    if i < 0:
+        return 0
+    j = i + 12
+    if payload[j:j + 1] == b" ":
+        j += 1
+    k = payload.find(b"]", j)
+    inner = payload[j + 1:k]
+    if (payload[j:j + 1] != b"[" or k < 0 or not _PLAIN_TAIL(payload, k)
+            or not inner.strip() or inner.translate(None, _NOT_INTS)
+            or payload[:1] != b"{"):
+        return 0
+    c = payload.find(b'"choices":', 0, i)
+    if c < 0 or payload.find(b'"error"', 0, c) >= 0 or payload.find(b'"usage"', 0, c) >= 0:
+        return 0
+    return inner.count(b",") + 1
+
+
+class _Fill:
+    """Turns response body bytes into the record: SSE events, content chunks, usage.
+
+    The read time ``now`` is taken by the caller before the bytes get here. A
+    plain token chunk costs a few ``bytes.find`` calls (``fast_token_count``);
+    every other event gets a full JSON parse.
+    """
+
+    __slots__ = ("record", "times", "tokens", "parser", "has_text", "done")
+
+    def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool]) -> None:
+        self.record = record
+        self.times = record.chunk_times
+        self.tokens = record.chunk_tokens
+        self.parser = SSEParser()
+        self.has_text = has_text
+        self.done = False
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Raises ``_StreamError`` for a chunk that fails the request."""
+        for payload in self.parser.feed(data):
+            n = fast_token_count(payload)
+            if n:
+                self.times.append(now)
+                self.tokens.append(n)
+            elif _handle_event(payload, self.record, now, self.has_text):
+                self.done = True
+
+    def close(self, now: float) -> None:
+        for payload in self.parser.close():
+            if _handle_event(payload, self.record, now, self.has_text):
+                self.done = True
+
+
+def _finish(record: RequestRecord, endpoint: Endpoint, spec: RequestSpec, error: str) -> RequestRecord:
+    if not error and not record.chunk_times and spec.max_tokens > 0:
+        error = "no content chunks in stream (neither text nor token_ids)"
+    record.ok = not error
+    if error:
+        error = redact(error.replace(endpoint.base_url, redact_url(endpoint.base_url)),
+                       endpoint.secrets)
+    record.error = error
+    return record
+
+
+def _headers(endpoint: Endpoint) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
     if endpoint.api_key:
         headers["Authorization"] = f"Bearer {endpoint.api_key}"
+    return headers
+
+
+async def _stream_aiohttp(flavour: _Flavour, session: aiohttp.ClientSession,
+                          endpoint: Endpoint, spec: RequestSpec,
+                          record: RequestRecord) -> RequestRecord:
+    """The request loop over aiohttp: POST, read SSE, fill the record."""
+    url = endpoint.base_url + flavour.path
     data = json.dumps(flavour.body(endpoint, spec)).encode()
     timeout = aiohttp.ClientTimeout(total=endpoint.request_timeout_s)
     error = ""
-    done = False
     reading = False
-    record.send_time = time.perf_counter()
+    perf = time.perf_counter
+    record.send_time = perf()
     try:
-        async with session.post(url, data=data, headers=headers, timeout=timeout) as resp:
+        async with session.post(url, data=data, headers=_headers(endpoint),
+                                timeout=timeout) as resp:
             record.status = resp.status
             if resp.status >= 400:
                 head = await resp.content.read(1024)  # an error body may never end
                 error = f"HTTP {resp.status}: {head.decode(errors='replace')[:200]}"
             else:
                 reading = True
-                parser = SSEParser()
-                has_text = flavour.has_text
+                fill = _Fill(record, flavour.has_text)
                 async for chunk in resp.content.iter_any():
-                    now = time.perf_counter()
-                    for payload in parser.feed(chunk):
-                        if _handle_event(payload, record, now, has_text):
-                            done = True
-                if not done:
-                    now = time.perf_counter()
-                    for payload in parser.close():
-                        done = _handle_event(payload, record, now, has_text) or done
-                if not done:
+                    fill.feed(chunk, perf())
+                if not fill.done:
+                    fill.close(perf())
+                if not fill.done:
                     error = STREAM_CUT
     except _StreamError as exc:
         error = str(exc)
@@ -207,16 +302,146 @@ async def _stream(flavour: _Flavour, session: aiohttp.ClientSession, endpoint: E
     except (aiohttp.ClientError, OSError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
         error = f"{STREAM_CUT}: {reason}" if reading else reason
-    if not error and not record.chunk_times and spec.max_tokens > 0:
-        error = "no content chunks in stream (neither text nor token_ids)"
-    record.ok = not error
-    record.error = redact(error.replace(endpoint.base_url, redact_url(endpoint.base_url)),
-                          endpoint.secrets)
-    return record
+    return _finish(record, endpoint, spec, error)
+
+
+class _Sink(BodySink):
+    """One lean request's response: fills the record, resolves ``future`` at the end."""
+
+    __slots__ = ("fill", "record", "future", "error", "reading", "err_body", "timed_out")
+
+    def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool],
+                 future: asyncio.Future[None]) -> None:
+        self.fill = _Fill(record, has_text)
+        self.record = record
+        self.future = future
+        self.error = ""
+        self.reading = False
+        self.err_body: bytes | None = None
+        self.timed_out = False
+
+    def on_head(self, status: int, headers: dict[str, str]) -> bool:
+        self.record.status = status
+        if status >= 400:
+            self.err_body = b""
+        else:
+            self.reading = True
+        return True
+
+    def on_body(self, data: bytes, now: float) -> bool:
+        if self.err_body is not None:  # an error body may never end: its start will do
+            self.err_body += data
+            self._http_error()
+            return False
+        try:
+            self.fill.feed(data, now)
+        except _StreamError as exc:
+            self._resolve(str(exc))
+            return False
+        return True
+
+    def on_end(self, exc: BaseException | None) -> None:
+        if self.future.done():
+            return
+        if self.err_body is not None:
+            self._http_error()
+        elif exc is not None:
+            reason = f"{type(exc).__name__}: {exc}"
+            self._resolve(f"{STREAM_CUT}: {reason}" if self.reading else reason)
+        elif not self.reading:
+            self._resolve("response ended without a status")
+        else:
+            fill = self.fill
+            if not fill.done:
+                try:
+                    fill.close(time.perf_counter())
+                except _StreamError as err:
+                    self._resolve(str(err))
+                    return
+            self._resolve("" if fill.done else STREAM_CUT)
+
+    def _http_error(self) -> None:
+        head = (self.err_body or b"")[:1024]
+        self._resolve(f"HTTP {self.record.status}: {head.decode(errors='replace')[:200]}")
+
+    def _resolve(self, error: str) -> None:
+        if not self.future.done():
+            self.error = error
+            self.future.set_result(None)
+
+    def on_timeout(self, conn: Connection, timeout: float) -> None:
+        if not self.future.done():
+            self.timed_out = True
+            conn.abort()
+            self._resolve(f"timeout after {timeout:g}s")
+
+
+_ORIGINS: dict[str, Origin] = {}
+
+
+def _origin(base_url: str) -> Origin:
+    origin = _ORIGINS.get(base_url)
+    if origin is None:
+        origin = _ORIGINS[base_url] = Origin(base_url)
+    return origin
+
+
+async def _stream_lean(flavour: _Flavour, pool: Pool, endpoint: Endpoint, spec: RequestSpec,
+                       record: RequestRecord) -> RequestRecord:
+    """The request loop over ``leanhttp``: the protocol fills the record as bytes arrive."""
+    loop = asyncio.get_running_loop()
+    timeout = endpoint.request_timeout_s
+    origin = _origin(endpoint.base_url)
+    request = build_request(origin, flavour.path,
+                            json.dumps(flavour.body(endpoint, spec)).encode(), _headers(endpoint))
+    error = ""
+    record.send_time = send = time.perf_counter()
+    deadline = send + timeout
+    conn: Connection | None = None
+    try:
+        for attempt in (0, 1):
+            conn = pool.idle(origin)
+            reused = conn is not None
+            if conn is None:
+                conn = await asyncio.wait_for(pool.connect(origin),
+                                              max(0.0, deadline - time.perf_counter()))
+            sink = _Sink(record, flavour.has_text, loop.create_future())
+            timer = loop.call_later(max(0.0, deadline - time.perf_counter()), sink.on_timeout,
+                                    conn, timeout)
+            try:
+                conn.start(request, sink)
+                await sink.future
+            finally:
+                timer.cancel()
+            if (reused and attempt == 0 and not conn.got_bytes and not sink.timed_out
+                    and not record.chunk_times and sink.error):
+                continue  # a kept-alive connection the server had dropped: once more, fresh
+            error = sink.error
+            break
+    except asyncio.CancelledError:
+        if conn is not None:
+            conn.abort()
+        raise
+    except asyncio.TimeoutError:  # connecting took the whole timeout
+        error = f"timeout after {timeout:g}s"
+    except (OSError, HTTPError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return _finish(record, endpoint, spec, error)
+
+
+async def _stream(flavour: _Flavour, session: Session, endpoint: Endpoint,
+                  spec: RequestSpec, record: RequestRecord | None) -> RequestRecord:
+    """One request on ``session`` (a ``leanhttp.Pool`` or an ``aiohttp.ClientSession``);
+    errors of any kind become the record's."""
+    if record is None:
+        record = RequestRecord(send_time=0.0)
+    if isinstance(session, Pool):
+        return await _stream_lean(flavour, session, endpoint, spec, record)
+    return await _stream_aiohttp(flavour, session, endpoint, spec, record)
 
 
 def _request_func(name: str, flavour: _Flavour) -> RequestFunc:
-    async def request(session: aiohttp.ClientSession, endpoint: Endpoint, spec: RequestSpec,
+    async def request(session: Session, endpoint: Endpoint, spec: RequestSpec,
                       record: RequestRecord | None = None) -> RequestRecord:
         return await _stream(flavour, session, endpoint, spec, record)
 

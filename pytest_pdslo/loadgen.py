@@ -2,14 +2,22 @@
 
 A benchmark is only as good as the load it delivered, so every run also
 measures itself: how many requests were really in flight (time-weighted mean
-and max) and how late the client's event loop ran. A client that could not keep
-its streams open, or whose loop lagged, shows it in the ``LoadResult`` instead
-of passing its own delay off as the server's latency.
+and max), how late the client's event loop ran and how much CPU the client
+spent. A client that could not keep its streams open, or whose loop lagged,
+shows it in the ``LoadResult`` instead of passing its own delay off as the
+server's latency.
+
+The loop is uvloop when installed, the HTTP client ``leanhttp`` (``transport=
+"aiohttp"`` for the general-purpose one), the garbage collector is off for the
+run, and ``procs`` > 1 spreads the streams over worker processes
+(``clientprocs``). ``benchmarks/client_fidelity`` measures the result against a
+server's own write times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import sys
 import time
@@ -20,11 +28,14 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from pytest_pdslo.client import REQUEST_FUNCS, Endpoint, RequestFunc
+from pytest_pdslo.client import REQUEST_FUNCS, Endpoint, RequestFunc, Session
+from pytest_pdslo.leanhttp import Pool
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec
 
 LAG_PROBE_INTERVAL_S = 0.01
+TRANSPORTS = ("lean", "aiohttp")
+"""HTTP clients the load generator can use: ``lean`` (``leanhttp``, the default) or ``aiohttp``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,9 @@ class LoadResult:
     loop_lag_p99_ms: float = 0.0
     loop_lag_max_ms: float = 0.0
     deadline_hit: bool = False
+    client_cpu_s: float = 0.0
+    """CPU seconds the client process(es) spent during the measured phase."""
+    procs: int = 1
 
 
 def arrival_offsets(n: int, request_rate: float, burstiness: float = 1.0,
@@ -143,7 +157,15 @@ class _Phase:
 
 
 async def _lag_probe(lags: list[float]) -> None:
-    """Sleep a fixed interval forever, recording how late each wake-up is."""
+    """Sleep a fixed interval forever, recording how late each wake-up is.
+
+    A timer falls due at a moment unrelated to what the loop is busy with, as a
+    chunk's arrival does, and waits for the loop the same way (libuv runs due
+    timers between batches of I/O callbacks): its lateness samples the delay a
+    chunk read would see. 100 wake-ups a second cost about 1% of a core on a VM
+    when the loop would otherwise sleep (the wake-up is the cost), and next to
+    nothing under load, where the timer fires in iterations that run anyway.
+    """
     while True:
         start = time.perf_counter()
         await asyncio.sleep(LAG_PROBE_INTERVAL_S)
@@ -153,7 +175,7 @@ async def _lag_probe(lags: list[float]) -> None:
 class _Run:
     """Shared state of one run: session, request function and every task spawned."""
 
-    def __init__(self, session: aiohttp.ClientSession, endpoint: Endpoint,
+    def __init__(self, session: Session, endpoint: Endpoint,
                  func: RequestFunc) -> None:
         self.session = session
         self.endpoint = endpoint
@@ -191,11 +213,13 @@ class _Run:
 
         await asyncio.gather(*(self.spawn(worker()) for _ in range(concurrency)))
 
-    async def open(self, phase: _Phase, load: LoadSpec) -> None:
+    async def open(self, phase: _Phase, load: LoadSpec,
+                   offsets: Sequence[float] | None = None) -> None:
         """Spawn each request at its arrival time; wait for all of them."""
         assert load.request_rate is not None
-        offsets = arrival_offsets(len(phase.specs), load.request_rate, load.burstiness,
-                                  load.seed).tolist()
+        if offsets is None:
+            offsets = arrival_offsets(len(phase.specs), load.request_rate, load.burstiness,
+                                      load.seed).tolist()
         sem = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
         start = time.perf_counter()
         spawned = []
@@ -263,45 +287,89 @@ def _raise_fd_limit(needed: int) -> None:
             pass
 
 
+@dataclass(slots=True)
+class _Raw:
+    """What a worker process sends back besides its ``LoadResult`` (for exact merging)."""
+
+    lags: list[float]
+    end_times: list[float]
+
+
 async def run_load_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: LoadSpec,
-                         warmup: Sequence[RequestSpec] = ()) -> LoadResult:
+                         warmup: Sequence[RequestSpec] = (), *,
+                         transport: str = "lean") -> LoadResult:
     """Send ``warmup`` (closed loop), then ``requests`` as ``load`` says; never raises
     for request failures, and leaves no task or socket behind, deadline or not."""
+    result, _ = await _run_async(endpoint, requests, load, warmup, transport=transport)
+    return result
+
+
+async def _run_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: LoadSpec,
+                     warmup: Sequence[RequestSpec] = (), *, transport: str = "lean",
+                     deadline_at: float | None = None, offsets: Sequence[float] | None = None,
+                     sync: Callable[[], float] | None = None) -> tuple[LoadResult, _Raw]:
+    """``run_load_async`` with the hooks a worker process of a multi-process run needs:
+    an absolute ``deadline_at``, this share's open-loop arrival ``offsets``, and ``sync``,
+    called (blocking) after the warm-up, returning the time to start the measured phase."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
     start = time.perf_counter()
-    deadline = start + load.deadline_s
+    deadline = deadline_at if deadline_at is not None else start + load.deadline_s
     message = f"run deadline of {load.deadline_s:g}s reached"
     func = REQUEST_FUNCS[endpoint.api]
     warm = _Phase(list(warmup), warmup=True)
     measured = _Phase(list(requests), warmup=False)
     limit = _connector_limit(load)
     _raise_fd_limit(limit or len(measured.specs) + len(warm.specs))
-    connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, keepalive_timeout=60)
     lags: list[float] = []
     hit = False
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
+    cpu = 0.0
+    session: Session
+    if transport == "lean":
+        session = Pool()
+    else:
+        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, keepalive_timeout=60)
+        session = aiohttp.ClientSession(connector=connector,
+                                        timeout=aiohttp.ClientTimeout(total=None))
+    # A full garbage collection walks every record kept so far: tens of milliseconds
+    # at a thousand streams, a stall billed to the server. Nothing in a run needs it.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
         run = _Run(session, endpoint, func)
         try:
             if warm.specs:
                 warm_c = load.concurrency or load.max_concurrency or len(warm.specs)
                 hit = await run.within(run.closed(warm, warm_c), deadline)
+            if sync is not None:
+                go = sync()  # blocking on purpose: nothing else runs between the phases
+                await asyncio.sleep(max(0.0, go - time.perf_counter()))
             if not hit and measured.specs:
                 probe = run.spawn(_lag_probe(lags))
                 if load.concurrency is not None:
                     phase = run.closed(measured, load.concurrency)
                 else:
-                    phase = run.open(measured, load)
+                    phase = run.open(measured, load, offsets)
+                cpu0 = time.process_time()
                 hit = await run.within(phase, deadline)
+                cpu = time.process_time() - cpu0
                 probe.cancel()
         finally:
             await run.cancel_all()
+    finally:
+        if isinstance(session, Pool):
+            session.close()
+        else:
+            await session.close()
+        if gc_was_enabled:
+            gc.enable()
     await asyncio.sleep(0)  # let closed transports run their connection_lost callbacks
     now = time.perf_counter()
     records = _settle(measured, message, now)
     sends = [r.send_time for r in measured.records if r is not None]
     ends = [t for t in measured.end_times if not math.isnan(t)]
     lag_ms = np.asarray(lags) * 1000.0
-    return LoadResult(
+    result = LoadResult(
         records=records,
         warmup_records=_settle(warm, message, now),
         duration_s=max(ends) - min(sends) if sends and ends else 0.0,
@@ -310,7 +378,9 @@ async def run_load_async(endpoint: Endpoint, requests: Sequence[RequestSpec], lo
         loop_lag_p99_ms=float(np.percentile(lag_ms, 99)) if lag_ms.size else 0.0,
         loop_lag_max_ms=float(lag_ms.max()) if lag_ms.size else 0.0,
         deadline_hit=hit,
+        client_cpu_s=cpu,
     )
+    return result, _Raw(lags=lags, end_times=list(measured.end_times))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -323,15 +393,42 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run_load(endpoint: Endpoint, requests: Sequence[RequestSpec], load: LoadSpec,
-             warmup: Sequence[RequestSpec] = ()) -> LoadResult:
-    """``run_load_async`` in a fresh event loop; call it from synchronous code only."""
+             warmup: Sequence[RequestSpec] = (), *, transport: str = "lean",
+             procs: int = 1) -> LoadResult:
+    """``run_load_async`` in a fresh event loop; call it from synchronous code only.
+
+    ``procs`` > 1 spreads the streams over that many worker processes (one event loop
+    each, for loads beyond one core): see ``pytest_pdslo.clientprocs``.
+    """
+    if procs < 1:
+        raise ValueError(f"procs must be >= 1, got {procs}")
+    if procs > 1:
+        from pytest_pdslo.clientprocs import run_load_procs
+
+        return run_load_procs(endpoint, requests, load, warmup, procs=procs,
+                              transport=transport)
+    return run_in_new_loop(run_load_async(endpoint, requests, load, warmup,
+                                          transport=transport))
+
+
+def run_in_new_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` in a fresh event loop (uvloop when installed) and return its result."""
     factory = _loop_factory()
+    out: list[Any] = []
+
+    async def main() -> None:
+        # The result is handed over outside the task: asyncio.Runner repr()s its main
+        # task on the way out (signal.getsignal), and that repr would walk every record.
+        out.append(await coro)
+
     if sys.version_info >= (3, 11):
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(run_load_async(endpoint, requests, load, warmup))
+            runner.run(main())
+        return out[0]
     loop = factory() if factory else asyncio.new_event_loop()  # Python 3.10
     try:
-        return loop.run_until_complete(run_load_async(endpoint, requests, load, warmup))
+        loop.run_until_complete(main())
+        return out[0]
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()

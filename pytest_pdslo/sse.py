@@ -35,6 +35,10 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add a chunk; return the payloads of the events it completed, in order."""
+        if (self._started and not self._buf and not self._data and chunk[:6] == b"data: "
+                and chunk[-2:] == b"\n\n" and chunk.find(b"\n") == len(chunk) - 2
+                and b"\r" not in chunk):
+            return [chunk[6:-2]]  # the usual read: exactly one "data: ..." event
         buf = self._buf + chunk if self._buf else chunk
         if not self._started:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):

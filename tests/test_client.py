@@ -1,4 +1,8 @@
-"""Request functions against a real streaming server: records, token counts, faults."""
+"""Request functions against a real streaming server: records, token counts, faults.
+
+Every test that talks to a server runs on both sessions a request function takes:
+the lean pool (what the load generator uses) and an aiohttp session.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pytest_pdslo.client import REQUEST_FUNCS, STREAM_CUT, Endpoint
+from pytest_pdslo.client import REQUEST_FUNCS, STREAM_CUT, Endpoint, Session
+from pytest_pdslo.leanhttp import Pool
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec
 from tests.streaming_server import StreamingServer
@@ -25,13 +30,27 @@ def server() -> Iterator[StreamingServer]:
     srv.close()
 
 
+_TRANSPORT = ["lean"]
+
+
+@pytest.fixture(autouse=True, params=["lean", "aiohttp"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    _TRANSPORT[0] = request.param
+    yield request.param
+
+
+def new_session() -> Session:
+    """A session of the transport under test (use with ``async with``)."""
+    return Pool() if _TRANSPORT[0] == "lean" else aiohttp.ClientSession()
+
+
 def request(server_url: str, *, api: str = "completions", max_tokens: int = 6,
             timeout_s: float = 10.0, api_key: str | None = None, **test: Any) -> RequestRecord:
     endpoint = Endpoint(server_url, "tiny", api=api, api_key=api_key,
                         request_timeout_s=timeout_s, extra_body={"test": test})
 
     async def go() -> RequestRecord:
-        async with aiohttp.ClientSession() as session:
+        async with new_session() as session:
             return await REQUEST_FUNCS[api](session, endpoint, RequestSpec("a b c", max_tokens))
 
     return asyncio.run(go())
@@ -84,7 +103,7 @@ def test_without_token_ids_each_text_chunk_is_one(server: StreamingServer) -> No
                         extra_body={"test": {"tokens_per_chunk": 2}})
 
     async def go() -> RequestRecord:
-        async with aiohttp.ClientSession() as session:
+        async with new_session() as session:
             return await REQUEST_FUNCS["completions"](session, endpoint, RequestSpec("x", 5))
 
     record = asyncio.run(go())
@@ -157,7 +176,7 @@ def test_given_record_is_filled_in_place(server: StreamingServer) -> None:
     record = RequestRecord(send_time=0.0, warmup=True)
 
     async def go() -> RequestRecord:
-        async with aiohttp.ClientSession() as session:
+        async with new_session() as session:
             return await REQUEST_FUNCS["completions"](session, endpoint, RequestSpec("x", 2),
                                                       record)
 

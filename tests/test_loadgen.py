@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from pytest_pdslo.client import Endpoint
-from pytest_pdslo.loadgen import (LoadResult, LoadSpec, arrival_offsets, run_load,
-                                  run_load_async)
+from pytest_pdslo.loadgen import (LAG_PROBE_INTERVAL_S, LoadResult, LoadSpec, arrival_offsets,
+                                  run_in_new_loop, run_load, run_load_async)
+from pytest_pdslo.runner import CLIENT_LAG_LIMIT_MS
 from pytest_pdslo.workload import make_requests
 from tests.streaming_server import StreamingServer
 
@@ -135,3 +136,89 @@ def test_arrival_offsets_rate_and_determinism() -> None:
 def test_loadspec_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         LoadSpec(**kwargs)  # type: ignore[arg-type]
+
+
+# -- honesty: a client that cannot keep up must say so -----------------------------------
+
+
+def test_blocked_event_loop_is_reported_as_lag(server: StreamingServer) -> None:
+    """A CPU-burning task in the client's own loop shows up as loop lag (a lower bound:
+    the probe cannot wake while the loop is blocked, so this holds on any machine)."""
+    burn_s = 0.1
+
+    async def go() -> LoadResult:
+        async def burner() -> None:
+            for _ in range(3):
+                await asyncio.sleep(0.03)
+                end = time.perf_counter() + burn_s
+                while time.perf_counter() < end:
+                    pass
+
+        task = asyncio.get_running_loop().create_task(burner())
+        result = await run_load_async(endpoint(server, ttft_s=0.05), make_requests(8, 8, 60),
+                                      LoadSpec(concurrency=4))
+        await task
+        return result
+
+    result = run_in_new_loop(go())  # uvloop, as in real runs
+    assert all(r.ok for r in result.records)
+    assert result.loop_lag_max_ms >= (burn_s - LAG_PROBE_INTERVAL_S) * 1000
+    assert result.loop_lag_p99_ms > CLIENT_LAG_LIMIT_MS  # the runner flags it client-bound
+
+
+def test_client_cpu_time_is_measured(server: StreamingServer) -> None:
+    result = run_load(endpoint(server), make_requests(8, 8, 20), LoadSpec(concurrency=4))
+    assert result.client_cpu_s > 0 and result.procs == 1
+
+
+def test_aiohttp_transport_still_works(server: StreamingServer) -> None:
+    server.reset_stats()
+    result = run_load(endpoint(server), make_requests(12, 8, 4), LoadSpec(concurrency=3),
+                      transport="aiohttp")
+    assert all(r.ok for r in result.records) and result.in_flight_max == 3
+    with pytest.raises(ValueError, match="transport"):
+        run_load(endpoint(server), make_requests(1, 8, 4), LoadSpec(concurrency=1),
+                 transport="curl")
+
+
+# -- several client processes ------------------------------------------------------------
+
+
+def test_procs_closed_loop_merges_records_in_order(server: StreamingServer) -> None:
+    server.reset_stats()
+    # distinct output lengths tell the records apart; a long TTFT keeps all 6 in flight
+    requests = make_requests(18, 8, 12, output_spread=0.9, seed=5)
+    result = run_load(endpoint(server, ttft_s=0.3), requests, LoadSpec(concurrency=6),
+                      warmup=make_requests(4, 8, 2, seed=6), procs=2)
+    assert result.procs == 2
+    assert len(result.records) == 18 and len(result.warmup_records) == 4
+    assert all(r.ok for r in result.records), {r.error for r in result.records}
+    assert [r.completion_tokens for r in result.records] == [s.max_tokens for s in requests]
+    assert all(r.warmup for r in result.warmup_records)
+    assert not any(r.warmup for r in result.records)
+    assert result.in_flight_max == 6 and server.max_in_flight == 6
+    assert 0 < result.in_flight_mean <= 6
+    assert result.client_cpu_s > 0 and result.duration_s > 0
+    assert min(r.send_time for r in result.records) >= max(
+        r.chunk_times[-1] for r in result.warmup_records)  # one clock, warm-up first
+
+
+def test_procs_open_loop_keeps_the_cap(server: StreamingServer) -> None:
+    server.reset_stats()
+    result = run_load(endpoint(server), make_requests(20, 8, 3),
+                      LoadSpec(request_rate=math.inf, max_concurrency=3), procs=2)
+    assert len(result.records) == 20 and all(r.ok for r in result.records)
+    assert server.requests == 20
+    assert result.in_flight_max <= 3 and server.max_in_flight <= 3
+
+
+def test_procs_deadline(server: StreamingServer) -> None:
+    result = run_load(endpoint(server, fault="stall", stall_s=30), make_requests(10, 8, 3),
+                      LoadSpec(concurrency=4, deadline_s=1.0), procs=2)
+    assert result.deadline_hit and len(result.records) == 10
+    assert all(r.error.startswith("run deadline of 1s reached") for r in result.records)
+
+
+def test_procs_validation(server: StreamingServer) -> None:
+    with pytest.raises(ValueError, match="procs"):
+        run_load(endpoint(server), make_requests(1, 8, 3), LoadSpec(concurrency=1), procs=0)

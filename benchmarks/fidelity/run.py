@@ -58,7 +58,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pytest_pdslo.sim.engine import ClusterSpec, InstanceSpec, LoadSpec, SimConfigError, WorkloadSpec, simulate  # noqa: E402
-from pytest_pdslo.sim.engine.cli import summarize  # noqa: E402
+from pytest_pdslo.metrics import summarize  # noqa: E402
 from pytest_pdslo.sim.engine.profiles import known_hardware, resolve_model  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
@@ -256,7 +256,7 @@ def build_cases(entries: list[dict[str, Any]], hardware_paths: dict[str, str] | 
 def predict(case: Case) -> dict[str, float]:
     """The published metrics of a case, as the engine predicts them."""
     res = simulate(case.cluster, case.workload, case.load, seed=0)
-    s = summarize(res.records, res.gpus)
+    s, _ = summarize(res.records, gpus=res.gpus, simulated=True)
     out: dict[str, float] = {}
     for key in case.entry.get("metrics", {}):
         if key in ("output_throughput", "total_token_throughput", "median_ttft_ms", "median_tpot_ms",

@@ -156,6 +156,34 @@ class _Phase:
         self.end_times = [math.nan] * n
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A run's state for a live display: requests finished of total, output tokens so far."""
+
+    done: int
+    total: int
+    elapsed_s: float
+    output_tokens: int
+
+    @property
+    def output_throughput(self) -> float:
+        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+#: Seconds between progress reports (never per chunk: the display must cost nothing).
+PROGRESS_INTERVAL_S = 1.0
+
+
+async def _progress_ticker(phase: "_Phase", report: Callable[[Progress], None], start: float) -> None:
+    """Report the measured phase's progress once a second until cancelled."""
+    total = len(phase.specs)
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL_S)
+        done = sum(phase.finished)
+        tokens = sum(r.output_tokens for r in phase.records if r is not None)
+        report(Progress(done, total, time.perf_counter() - start, tokens))
+
+
 async def _lag_probe(lags: list[float]) -> None:
     """Sleep a fixed interval forever, recording how late each wake-up is.
 
@@ -297,17 +325,20 @@ class _Raw:
 
 async def run_load_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: LoadSpec,
                          warmup: Sequence[RequestSpec] = (), *,
-                         transport: str = "lean") -> LoadResult:
+                         transport: str = "lean",
+                         progress: Callable[[Progress], None] | None = None) -> LoadResult:
     """Send ``warmup`` (closed loop), then ``requests`` as ``load`` says; never raises
-    for request failures, and leaves no task or socket behind, deadline or not."""
-    result, _ = await _run_async(endpoint, requests, load, warmup, transport=transport)
+    for request failures, and leaves no task or socket behind, deadline or not.
+    ``progress`` is called about once a second during the measured phase."""
+    result, _ = await _run_async(endpoint, requests, load, warmup, transport=transport, progress=progress)
     return result
 
 
 async def _run_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: LoadSpec,
                      warmup: Sequence[RequestSpec] = (), *, transport: str = "lean",
                      deadline_at: float | None = None, offsets: Sequence[float] | None = None,
-                     sync: Callable[[], float] | None = None) -> tuple[LoadResult, _Raw]:
+                     sync: Callable[[], float] | None = None,
+                     progress: Callable[[Progress], None] | None = None) -> tuple[LoadResult, _Raw]:
     """``run_load_async`` with the hooks a worker process of a multi-process run needs:
     an absolute ``deadline_at``, this share's open-loop arrival ``offsets``, and ``sync``,
     called (blocking) after the warm-up, returning the time to start the measured phase."""
@@ -346,6 +377,7 @@ async def _run_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: 
                 await asyncio.sleep(max(0.0, go - time.perf_counter()))
             if not hit and measured.specs:
                 probe = run.spawn(_lag_probe(lags))
+                ticker = run.spawn(_progress_ticker(measured, progress, time.perf_counter())) if progress else None
                 if load.concurrency is not None:
                     phase = run.closed(measured, load.concurrency)
                 else:
@@ -354,6 +386,8 @@ async def _run_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: 
                 hit = await run.within(phase, deadline)
                 cpu = time.process_time() - cpu0
                 probe.cancel()
+                if ticker is not None:
+                    ticker.cancel()
         finally:
             await run.cancel_all()
     finally:
@@ -394,11 +428,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run_load(endpoint: Endpoint, requests: Sequence[RequestSpec], load: LoadSpec,
              warmup: Sequence[RequestSpec] = (), *, transport: str = "lean",
-             procs: int = 1) -> LoadResult:
+             procs: int = 1, progress: Callable[[Progress], None] | None = None) -> LoadResult:
     """``run_load_async`` in a fresh event loop; call it from synchronous code only.
 
     ``procs`` > 1 spreads the streams over that many worker processes (one event loop
-    each, for loads beyond one core): see ``pytest_pdslo.clientprocs``.
+    each, for loads beyond one core): see ``pytest_pdslo.clientprocs`` (no live
+    progress there: the records live in the workers until the end).
     """
     if procs < 1:
         raise ValueError(f"procs must be >= 1, got {procs}")
@@ -408,7 +443,7 @@ def run_load(endpoint: Endpoint, requests: Sequence[RequestSpec], load: LoadSpec
         return run_load_procs(endpoint, requests, load, warmup, procs=procs,
                               transport=transport)
     return run_in_new_loop(run_load_async(endpoint, requests, load, warmup,
-                                          transport=transport))
+                                          transport=transport, progress=progress))
 
 
 def run_in_new_loop(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -32,7 +32,7 @@ from pytest_pdslo.control import normalize_base_url
 from pytest_pdslo.leanhttp import BodySink, Connection, HTTPError, Origin, Pool, build_request
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.redact import redact, redact_url, url_secrets
-from pytest_pdslo.sse import DONE, SSEParser
+from pytest_pdslo.sse import DONE, SSEError, SSEParser
 from pytest_pdslo.workload import RequestSpec
 
 STREAM_CUT = "stream ended before [DONE]"
@@ -236,7 +236,11 @@ class _Fill:
 
     def feed(self, data: bytes, now: float) -> None:
         """Raises ``_StreamError`` for a chunk that fails the request."""
-        for payload in self.parser.feed(data):
+        try:
+            payloads = self.parser.feed(data)
+        except SSEError as exc:
+            raise _StreamError(str(exc)) from None
+        for payload in payloads:
             n = fast_token_count(payload)
             if n:
                 self.times.append(now)
@@ -386,6 +390,26 @@ def _origin(base_url: str) -> Origin:
     return origin
 
 
+async def _connect(pool: Pool, origin: Origin, deadline: float) -> Connection:
+    """Open a connection by ``deadline`` (perf_counter).
+
+    Not ``asyncio.wait_for``: on Python 3.10/3.11 it can swallow a cancellation that
+    races with the connect finishing, and the request then outlives its run's deadline.
+    """
+    task = asyncio.ensure_future(pool.connect(origin))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.perf_counter()))
+    except asyncio.CancelledError:
+        task.cancel()
+        if task.done() and not task.cancelled() and task.exception() is None:
+            task.result().abort()
+        raise
+    if not done:
+        task.cancel()
+        raise asyncio.TimeoutError
+    return task.result()
+
+
 async def _stream_lean(flavour: _Flavour, pool: Pool, endpoint: Endpoint, spec: RequestSpec,
                        record: RequestRecord) -> RequestRecord:
     """The request loop over ``leanhttp``: the protocol fills the record as bytes arrive."""
@@ -403,8 +427,7 @@ async def _stream_lean(flavour: _Flavour, pool: Pool, endpoint: Endpoint, spec: 
             conn = pool.idle(origin)
             reused = conn is not None
             if conn is None:
-                conn = await asyncio.wait_for(pool.connect(origin),
-                                              max(0.0, deadline - time.perf_counter()))
+                conn = await _connect(pool, origin, deadline)
             sink = _Sink(record, flavour.has_text, loop.create_future())
             timer = loop.call_later(max(0.0, deadline - time.perf_counter()), sink.on_timeout,
                                     conn, timeout)

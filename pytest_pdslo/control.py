@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 
@@ -62,14 +62,29 @@ def _reason(exc: requests.RequestException, timeout_s: float) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
+def _credentials(url: str, api_key: str | None) -> tuple[str, dict[str, str], tuple[str, str] | None]:
+    """The URL without ``user:password@``, and how to authenticate as the streaming client does:
+    the API key as a bearer token, else the URL's user and password as basic auth.
+
+    (Left in the URL, ``requests`` would send basic auth in place of the bearer token.)
+    """
+    parts = urlsplit(url)
+    auth = None
+    if "@" in parts.netloc:
+        auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    if api_key:
+        return url, {"Authorization": f"Bearer {api_key}"}, None
+    return url, {}, auth
+
+
 def _get(base_url: str, path: str, *, timeout_s: float,
          api_key: str | None) -> requests.Response:
     """GET ``path``; raise ``TargetUnreachable`` for no answer or an HTTP error status."""
-    url = normalize_base_url(base_url) + path
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url, headers, auth = _credentials(normalize_base_url(base_url) + path, api_key)
     secrets = [api_key, *url_secrets(base_url)]
     try:
-        response = requests.get(url, headers=headers, timeout=timeout_s)
+        response = requests.get(url, headers=headers, auth=auth, timeout=timeout_s)
     except requests.RequestException as exc:
         reason = redact(_reason(exc, timeout_s), secrets)
         raise TargetUnreachable(f"{redact_url(url)} unreachable: {reason}") from None

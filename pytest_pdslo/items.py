@@ -13,7 +13,7 @@ from .baseline.gates import gates_for
 from .errors import PdsloError
 from .report.terminal import regression_table, slo_table
 from .runner import PointResult, run_point
-from .state import SESSION_KEY, PdsloSession
+from .state import SESSION_KEY, PdsloSession, SessionDeadline
 from .suite import BenchmarkPoint, LoadedSuite, load_suite
 from .targets import Target
 
@@ -75,8 +75,15 @@ class PointItem(pytest.Item):
 
     def runtest(self) -> None:
         state = self.config.stash[SESSION_KEY]
+        try:
+            state.check_deadline()
+        except SessionDeadline as exc:
+            # the xdist controller learns from this property that the session is incomplete
+            self.user_properties.append(("pdslo_not_run", str(exc)))
+            raise
         target = state.target()
-        result = run_point(self.point, self.loaded.suite, target, state.run_options())
+        options = state.run_options(state.api_key(self.loaded.suite))
+        result = run_point(self.point, self.loaded.suite, target, options)
         entry = result.to_entry()
         entry["suite_file"] = str(self.loaded.path)
         entry["suite_sha256"] = self.loaded.sha256

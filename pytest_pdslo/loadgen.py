@@ -170,6 +170,9 @@ class Progress:
         return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+#: Seconds a cancelled run waits for its tasks to end before returning anyway.
+CANCEL_GRACE_S = 10.0
+
 #: Seconds between progress reports (never per chunk: the display must cost nothing).
 PROGRESS_INTERVAL_S = 1.0
 
@@ -273,7 +276,12 @@ class _Run:
         pending = [t for t in self.tasks if not t.done()]
         for task in pending:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            # bounded: a task that ignores its cancellation must not hang the run (and CI)
+            done, _ = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: nothing is logged at garbage collection
 
 
 def _settle(phase: _Phase, message: str, now: float) -> list[RequestRecord]:

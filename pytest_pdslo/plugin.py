@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from . import __version__
 from .baseline.gates import parse_tolerance
 from .baseline.refresh import refresh_baselines
 from .items import PointItem, SuiteFile
+from .progress import LiveProgress
 from .report.files import write_json
 from .analysis import analyse
 from .report.benchjson import benchmark_document
@@ -37,13 +39,17 @@ MARKERS = {
 
 _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--pdslo-target", "pdslo_target", {"default": "sim", "help": f"where points run: {TARGET_CHOICES} (default: sim)"}),
+    ("--pdslo-namespace", "pdslo_namespace", {"default": None, "help": "llm-d target: the Kubernetes namespace candidates are deployed into"}),
+    ("--pdslo-kube-context", "pdslo_kube_context", {"default": None, "help": "llm-d target: the kubeconfig context (default: the current one)"}),
     ("--pdslo-report", "pdslo_report", {"default": None, "help": "directory for results.json, summary.md, pareto.csv, plots and report.html"}),
     ("--pdslo-gpu-budget", "pdslo_gpu_budget", {"default": None, "help": "GPUs available: the P:D plan proposes the xPyD shape that fits them"}),
     ("--pdslo-benchmark-json", "pdslo_benchmark_json", {"default": None, "help": "also export the session in pytest-benchmark's JSON format to this file"}),
     ("--pdslo-seed", "pdslo_seed", {"default": "0", "help": "seed for prompts, arrivals and the simulator"}),
     ("--pdslo-request-timeout", "pdslo_request_timeout", {"default": "600", "help": "per-request timeout, seconds"}),
     ("--pdslo-item-timeout", "pdslo_item_timeout", {"default": "1800", "help": "deadline of one item's run, seconds"}),
-    ("--pdslo-api-key", "pdslo_api_key", {"default": None, "help": "bearer token for the target (default: $OPENAI_API_KEY)"}),
+    ("--pdslo-client-procs", "pdslo_client_procs", {"default": "1", "help": "processes the load generator spreads each point's streams over (one event loop each; raise it when runs are flagged client-bound and cores are free)"}),
+    ("--pdslo-timeout", "pdslo_timeout", {"default": None, "help": "deadline of the whole session, seconds: items after it fail at once, the report is still written"}),
+    ("--pdslo-api-key", "pdslo_api_key", {"default": None, "help": "bearer token for the target (default: the variable a suite names in api_key_env, else $OPENAI_API_KEY)"}),
     ("--pdslo-baselines", "pdslo_baselines", {"default": "baselines", "help": "directory of baseline files, relative to the rootdir (default: baselines)"}),
     ("--pdslo-baseline-env", "pdslo_baseline_env", {"default": None, "help": "baseline environment (default: sim-<hardware> on the simulator, the GPU model on real targets)"}),
 ]
@@ -87,9 +93,16 @@ def _number(config: pytest.Config, name: str, kind: type) -> Any:
     return value
 
 
+def _client_procs(config: pytest.Config) -> int:
+    procs = _number(config, "pdslo_client_procs", int)
+    if procs < 1:
+        raise pytest.UsageError(f"--pdslo-client-procs: must be >= 1, got {procs}")
+    return procs
+
+
 def _parse_options(config: pytest.Config) -> PdsloOptions:
     target = str(_get(config, "pdslo_target") or "sim").strip()
-    if target not in ("sim", "sim-http", "vllm") and not target.startswith(("http://", "https://")):
+    if target not in ("sim", "sim-http", "vllm", "llm-d") and not target.startswith(("http://", "https://")):
         raise pytest.UsageError(f"--pdslo-target: unknown target {target!r}; use {TARGET_CHOICES}")
     tolerances = []
     for text in list(config.getini("pdslo_tolerance")) + list(config.getoption("pdslo_tolerance") or []):
@@ -108,7 +121,13 @@ def _parse_options(config: pytest.Config) -> PdsloOptions:
         budget = _number(config, "pdslo_gpu_budget", int)
         if budget < 1:
             raise pytest.UsageError(f"--pdslo-gpu-budget: must be a positive number of GPUs, got {budget}")
+    timeout = _get(config, "pdslo_timeout")
+    if timeout is not None and str(timeout).strip():
+        timeout = _number(config, "pdslo_timeout", float)
+    else:
+        timeout = None
     return PdsloOptions(
+        timeout_s=timeout,
         gpu_budget=budget,
         benchmark_json=_get(config, "pdslo_benchmark_json") or None,
         baselines_dir=baselines_dir,
@@ -122,9 +141,12 @@ def _parse_options(config: pytest.Config) -> PdsloOptions:
         seed=_number(config, "pdslo_seed", int),
         request_timeout_s=_number(config, "pdslo_request_timeout", float),
         item_timeout_s=_number(config, "pdslo_item_timeout", float),
+        client_procs=_client_procs(config),
         api_key=_get(config, "pdslo_api_key") or None,
         suite_dirs=tuple(config.getini("pdslo_suite_dirs")),
         suite_globs=tuple(config.getini("pdslo_suite_globs")),
+        namespace=_get(config, "pdslo_namespace") or None,
+        kube_context=_get(config, "pdslo_kube_context") or None,
     )
 
 
@@ -132,8 +154,25 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, help_text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {help_text}")
     state = PdsloSession(options=_parse_options(config), rootdir=config.rootpath)
+    if state.options.timeout_s is not None:
+        epoch = getattr(config, "workerinput", {}).get("pdslo_deadline_epoch")
+        if epoch is not None:  # an xdist worker keeps the controller's deadline
+            state.deadline_at = time.monotonic() + (float(epoch) - time.time())
+        else:
+            state.deadline_at = time.monotonic() + state.options.timeout_s
+    if LiveProgress.wanted(config):
+        state.progress = LiveProgress(config)
     config.stash[SESSION_KEY] = state
     config.pluginmanager.register(ResultCollector(state), "pdslo-results")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Erase an item's live progress line when it ends."""
+    yield
+    progress = item.config.stash[SESSION_KEY].progress
+    if progress is not None:
+        progress.clear()
 
 
 def _is_suite(file_path: Path, options: PdsloOptions) -> bool:
@@ -151,6 +190,32 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
     return None
 
 
+#: targets that start servers per deployment: keep each deployment's items together
+_LAUNCHERS = ("vllm", "llm-d")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On launcher targets, run the items of one deployment (and layout) back to back.
+
+    A stable sort by each group's first appearance: the order within a group and of the
+    groups stays the suite's, but a deployment is started once instead of once per sweep.
+    """
+    if config.stash[SESSION_KEY].options.target not in _LAUNCHERS:
+        return
+    from .k8s.render import layout_for
+
+    def group(item: pytest.Item) -> tuple[str, ...]:
+        if isinstance(item, PointItem):
+            return (str(item.path), item.point.deployment_name, layout_for(item.point))
+        return ("", item.nodeid)
+
+    first: dict[tuple[str, ...], int] = {}
+    for item in items:
+        first.setdefault(group(item), len(first))
+    items.sort(key=lambda item: first[group(item)])
+
+
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -165,10 +230,28 @@ class ResultCollector:
     def __init__(self, state: PdsloSession) -> None:
         self.state = state
 
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.state.running.add(nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        self.state.running.discard(nodeid)
+        self.state.finished += 1
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C, ``pytest.exit`` or xdist's ``-x``: what ran is still reported, marked incomplete."""
+        if excinfo.typename == "KeyboardInterrupt":
+            self.state.interrupted = "interrupted (KeyboardInterrupt)"
+        else:
+            self.state.interrupted = f"stopped early: {str(excinfo.value) or excinfo.typename}"
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
-        raw = dict(report.user_properties).get("pdslo_result")
+        props = dict(report.user_properties)
+        if "pdslo_not_run" in props:
+            self.state.not_run += 1
+            return
+        raw = props.get("pdslo_result")
         if raw is None:
             return
         entry = json.loads(raw)
@@ -194,6 +277,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: hand the session deadline to each worker (wall clock: another process)."""
+    state = node.config.stash[SESSION_KEY]
+    if state.deadline_at is not None:
+        node.workerinput["pdslo_deadline_epoch"] = time.time() + (state.deadline_at - time.monotonic())
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist controller: merge a worker's collection record."""
     info = getattr(node, "workeroutput", {}).get("pdslo_collection")
@@ -205,10 +296,31 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         state.suite_complete[name] = state.suite_complete.get(name, True) and bool(rec["complete"])
 
 
+def _incompleteness(session: pytest.Session, state: PdsloSession, exitstatus: int) -> str | None:
+    """Why this session did not run everything it collected (None: it did)."""
+    if state.incomplete is not None:
+        return state.incomplete
+    if state.not_run:
+        return (f"session deadline of {state.options.timeout_s:g}s (--pdslo-timeout) reached; "
+                f"{state.not_run} item(s) not run")
+    left = bool(state.running) or state.finished < session.testscollected
+    if state.interrupted is not None:  # Ctrl-C always; a stop (xdist -x) only with items left
+        return state.interrupted if left or state.interrupted.startswith("interrupted") else None
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "interrupted"
+    stop = session.shouldfail or session.shouldstop
+    if stop and left:  # -x / --maxfail with items left
+        return f"stopped early: {stop}" if isinstance(stop, str) else "stopped early"
+    return None
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash[SESSION_KEY]
     state.close()
-    if _is_worker(session.config) or not state.entries:
+    if _is_worker(session.config):
+        return
+    state.incomplete = _incompleteness(session, state, int(exitstatus))
+    if not state.entries and not (state.incomplete and state.suite_ids):
         return
     if state.options.update_baselines:
         state.baseline_updates = refresh_baselines(
@@ -250,18 +362,28 @@ def results_document(state: PdsloSession) -> dict[str, Any]:
     entries = [_public(e) for e in entries]
     simulated = any(e.get("simulated") for e in entries)
     targets = sorted({e.get("target", "?") for e in entries})
-    return {
+    doc: dict[str, Any] = {
         "pdslo_version": __version__,
         "target": targets[0] if len(targets) == 1 else targets,
         "simulated": simulated,
         "fingerprint": fingerprint,
+        "incomplete": state.incomplete is not None,
         "tests": entries,
     }
+    if state.incomplete is not None:
+        doc["incomplete_reason"] = state.incomplete
+        doc["unfinished"] = sorted(state.running)  # started, cut short (Ctrl-C)
+    return doc
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash[SESSION_KEY]
-    if _is_worker(config) or not state.entries or state.analysis is None:
+    if _is_worker(config) or state.analysis is None:
+        return
+    if state.incomplete:
+        terminalreporter.write_line(f"pdslo: session incomplete: {state.incomplete}"
+                                    + ("; results.json is marked incomplete" if state.report_files else ""))
+    if not state.entries:
         return
     entries = sorted(state.entries, key=_natural)
     simulated = state.analysis.simulated

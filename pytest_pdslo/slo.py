@@ -14,6 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
+from .errors import short_repr
+
 #: Per-request latency metrics (values in ms) — any statistic, limit is a ceiling.
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 
@@ -86,9 +88,9 @@ def validate_slo(spec: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str
                     problems.append((path, str(exc)))
                     continue
             if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not np.isfinite(limit):
-                problems.append((path, f"limit must be a finite number, got {limit!r}"))
+                problems.append((path, f"limit must be a finite number, got {short_repr(limit)}"))
             elif limit < 0:
-                problems.append((path, f"limit must be >= 0, got {limit!r}"))
+                problems.append((path, f"limit must be >= 0, got {short_repr(limit)}"))
     return problems
 
 

@@ -13,7 +13,15 @@ from __future__ import annotations
 DONE = b"[DONE]"
 """The OpenAI end-of-stream sentinel payload."""
 
+MAX_EVENT_BYTES = 16 << 20
+"""Longest line or event the parser buffers: past it the stream is an error, so a
+broken or hostile server cannot make the client buffer without bound."""
+
 _BOM = b"\xef\xbb\xbf"
+
+
+class SSEError(ValueError):
+    """The stream cannot be read as SSE (a line or an event over ``MAX_EVENT_BYTES``)."""
 
 
 class SSEParser:
@@ -26,11 +34,12 @@ class SSEParser:
     ignored; an event with no ``data`` line dispatches nothing.
     """
 
-    __slots__ = ("_buf", "_data", "_started")
+    __slots__ = ("_buf", "_data", "_size", "_started")
 
     def __init__(self) -> None:
         self._buf = b""
         self._data: list[bytes] = []
+        self._size = 0  # bytes in _data
         self._started = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
@@ -51,6 +60,8 @@ class SSEParser:
         scan_end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
         end = max(buf.rfind(b"\n", 0, scan_end), buf.rfind(b"\r", 0, scan_end))
         if end < 0:
+            if len(buf) > MAX_EVENT_BYTES:
+                raise SSEError(f"SSE line longer than {MAX_EVENT_BYTES >> 20} MiB")
             self._buf = buf
             return []
         self._buf = buf[end + 1 :]
@@ -61,6 +72,7 @@ class SSEParser:
         buf, self._buf = self._buf, b""
         events = self._lines(buf) if buf.endswith(b"\r") else []
         self._data = []
+        self._size = 0
         return events
 
     def _lines(self, block: bytes) -> list[bytes]:
@@ -76,10 +88,14 @@ class SSEParser:
                 if data:
                     events.append(data[0] if len(data) == 1 else b"\n".join(data))
                     data = self._data = []
+                    self._size = 0
                 continue
             if line.startswith(b"data:"):
                 value = line[5:]
                 data.append(value[1:] if value.startswith(b" ") else value)
+                self._size += len(line)
+                if self._size > MAX_EVENT_BYTES:
+                    raise SSEError(f"SSE event longer than {MAX_EVENT_BYTES >> 20} MiB")
             elif line == b"data":
                 data.append(b"")
             # comments (":...") and other fields are ignored

@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import slo as slo_mod
-from .errors import SuiteError
+from .errors import SuiteError, short_repr
+from .k8s.spec import K8sSpec
 
 PHASES = ("prefill", "decode", "serving")
 
@@ -27,6 +28,7 @@ PHASES = ("prefill", "decode", "serving")
 MAX_POINTS = 20_000
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _as_list(value: Any) -> Any:
@@ -40,7 +42,7 @@ def _as_list(value: Any) -> Any:
 
 def _positive_int(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be a whole number, got {value!r}")
+        raise ValueError(f"must be a whole number, got {short_repr(value)}")
     if value <= 0:
         raise ValueError(f"must be > 0, got {value}")
     return value
@@ -48,7 +50,7 @@ def _positive_int(value: Any) -> Any:
 
 def _positive_float(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value!r}")
+        raise ValueError(f"must be a finite number, got {short_repr(value)}")
     if value <= 0:
         raise ValueError(f"must be > 0, got {value}")
     return float(value)
@@ -79,7 +81,7 @@ def _check_requests(value: Any) -> Any:
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*x\s*", value)
         if not m or float(m.group(1)) <= 0:
-            raise ValueError(f"must be a count (e.g. 64) or a multiple of the concurrency (e.g. \"10x\"), got {value!r}")
+            raise ValueError(f"must be a count (e.g. 64) or a multiple of the concurrency (e.g. \"10x\"), got {short_repr(value)}")
         return value.strip()
     return _positive_int(value)
 
@@ -134,6 +136,8 @@ class Deployment(_Strict):
     endpoint: str | None = None
     launch: Launch | None = None
     sim: SimParams | None = None
+    #: the llm-d target's settings for this deployment (merged over the suite's k8s:)
+    k8s: K8sSpec | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> "Deployment":
@@ -281,14 +285,14 @@ def _check_regression_metrics(value: Any) -> Any:
                     problems.append(f"@{metric}.{stat}: {exc}")
                     continue
                 if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float)) or not math.isfinite(pct) or pct < 0):
-                    problems.append(f"@{metric}.{stat}: tolerance must be a percentage >= 0 (e.g. 5), got {pct!r}")
+                    problems.append(f"@{metric}.{stat}: tolerance must be a percentage >= 0 (e.g. 5), got {short_repr(pct)}")
                     continue
                 stats[str(stat)] = None if pct is None else float(pct)
             out[metric] = stats
         elif tol is None or (not isinstance(tol, bool) and isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
             out[metric] = None if tol is None else float(tol)
         else:
-            problems.append(f"@{metric}: tolerance must be a percentage >= 0 (e.g. 5) or null, got {tol!r}")
+            problems.append(f"@{metric}: tolerance must be a percentage >= 0 (e.g. 5) or null, got {short_repr(tol)}")
     if problems:
         raise ValueError("\n".join(problems))
     return out
@@ -316,6 +320,18 @@ class Suite(_Strict):
     benchmarks: Benchmarks
     accuracy: list[AccuracyCheck] = Field(default_factory=list)
     regression: Regression | None = None
+    #: how the llm-d target deploys the candidates on Kubernetes (pytest_pdslo/k8s/spec.py)
+    k8s: K8sSpec | None = None
+    #: name of the environment variable holding the target's API key (never the key itself)
+    api_key_env: str | None = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, v: str | None) -> str | None:
+        # the value is not echoed: someone may have pasted the key itself here
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError("must be the name of an environment variable (letters, digits, _), not the key itself")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -409,7 +425,7 @@ def _model_fields_at(loc: tuple) -> list[str] | None:
         if model is Suite and part == "accuracy":
             model = AccuracyCheck
             continue
-        sub = {"benchmarks": Benchmarks, "prefill": Instance, "decode": Instance, "launch": Launch, "sim": SimParams, "regression": Regression}
+        sub = {"benchmarks": Benchmarks, "prefill": Instance, "decode": Instance, "launch": Launch, "sim": SimParams, "regression": Regression, "k8s": K8sSpec}
         if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields and part in sub:
             model = sub[part]
             continue

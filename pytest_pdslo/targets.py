@@ -7,10 +7,12 @@ and the fingerprint that travel with the result.
 
 from __future__ import annotations
 
+import os
 import platform
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .errors import TargetError
@@ -19,14 +21,82 @@ from .redact import redact_url
 from .suite import BenchmarkPoint, Deployment, Instance, Suite
 
 
+#: Descriptors kept free besides the sockets of a run (log files, the loop, pipes).
+FD_HEADROOM = 64
+#: Longest wait for a control-plane call (/v1/models, /version) before a run.
+CONTROL_TIMEOUT_S = 5.0
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """Session-wide knobs a target needs for one point."""
+    """Session-wide knobs a target needs for one point.
+
+    ``deadline_at`` (``time.monotonic()``) is the session's deadline
+    (``--pdslo-timeout``): no run goes past it. The key never shows in a repr.
+    """
 
     seed: int = 0
     request_timeout_s: float = 600.0
     item_timeout_s: float = 1800.0
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    deadline_at: float | None = None
+    session_timeout_s: float | None = None
+    #: processes the load generator spreads a point's streams over (--pdslo-client-procs)
+    client_procs: int = 1
+    #: called about once a second with a ``loadgen.Progress`` while a point runs (live display)
+    progress: Callable[[Any], None] | None = field(default=None, repr=False, compare=False)
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the session deadline (None: no session deadline)."""
+        return None if self.deadline_at is None else self.deadline_at - time.monotonic()
+
+    def run_deadline(self, point_timeout_s: float | None) -> tuple[float, bool]:
+        """The deadline of one run (the point's, else the item timeout, within the session's)
+        and whether the session deadline is the one that binds."""
+        own = point_timeout_s or self.item_timeout_s
+        left = self.remaining_s()
+        if left is not None and left < own:
+            return max(left, 0.001), True
+        return own, False
+
+
+def ensure_fd_limit(streams: int, *, per_stream: int = 1, strict: bool = True) -> str | None:
+    """Make room for ``streams`` concurrent connections in the open-files limit.
+
+    Raises the soft ``RLIMIT_NOFILE`` (up to the hard limit) when it is too low.
+    When even the hard limit is too low: with ``strict`` raise ``TargetError`` saying
+    how many descriptors are needed and how to get them; else return that as a note.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 32
+    needed = in_use + streams * per_stream + FD_HEADROOM
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
+            return None
+        except (ValueError, OSError):
+            pass
+    what = f"{streams} concurrent streams" + (f" ({per_stream} descriptors each)" if per_stream > 1 else "")
+    message = (
+        f"too many open files ahead: {what} need about {needed} open files "
+        f"({streams * per_stream} sockets + {in_use} in use + {FD_HEADROOM} spare), but the limit is {soft}"
+        + ("" if hard == soft else f" (hard limit {hard})")
+        + f"; raise it before running pytest, e.g. `ulimit -n {needed}` in the shell "
+        "(above the hard limit: /etc/security/limits.conf, LimitNOFILE= for a systemd unit, "
+        f"or `docker run --ulimit nofile={needed}`)"
+    )
+    if strict:
+        raise TargetError(message)
+    return message
 
 
 @dataclass
@@ -80,6 +150,8 @@ class HttpTarget(Target):
     """Any OpenAI-compatible endpoint (vLLM, an llm-d gateway, a P/D proxy), measured by our client."""
 
     name = "http"
+    #: descriptors one stream takes in this process (a server in-process takes the other end too)
+    fds_per_stream = 1
 
     def __init__(self, base_url: str | None, *, simulated: bool = False, name: str = "http") -> None:
         self.base_url = base_url.rstrip("/") if base_url else None
@@ -99,22 +171,22 @@ class HttpTarget(Target):
             )
         return url.rstrip("/")
 
-    def _check(self, url: str, api_key: str | None = None) -> None:
+    def _check(self, url: str, api_key: str | None = None, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
         from .control import TargetUnreachable, check_reachable, get_models, get_version
 
         if url not in self._checked:
             try:
-                check_reachable(url, api_key=api_key)
+                check_reachable(url, timeout_s, api_key=api_key)
                 self._checked[url] = None
             except (TargetUnreachable, ValueError) as exc:
                 self._checked[url] = str(exc)
             if self._checked[url] is None:
                 try:
-                    self._served[url] = get_models(url, api_key=api_key)
+                    self._served[url] = get_models(url, timeout_s, api_key=api_key)
                 except Exception:  # noqa: BLE001 - /v1/models is optional for a generic endpoint
                     self._served[url] = []
                 try:
-                    self._version[url] = get_version(url, api_key=api_key)
+                    self._version[url] = get_version(url, timeout_s, api_key=api_key)
                 except Exception:  # noqa: BLE001 - /version is vLLM-specific
                     self._version[url] = None
                 if (self._version[url] or "").startswith("pdslo-sim"):
@@ -136,8 +208,15 @@ class HttpTarget(Target):
         from .workload import make_requests
 
         url = self.url_for(point.deployment_name, point.deployment, suite)
-        self._check(url, options.api_key)
         notes: list[str] = []
+        # a closed loop holds `concurrency` connections: known up front, so fail before sending;
+        # an open loop may hold up to every request at once: best effort, and say so
+        streams = point.concurrency or (point.num_requests + point.warmup)
+        note = ensure_fd_limit(streams, per_stream=self.fds_per_stream, strict=point.concurrency is not None)
+        if note:
+            notes.append(note)
+        deadline_s, session_bound = options.run_deadline(point.timeout_s)
+        self._check(url, options.api_key, min(CONTROL_TIMEOUT_S, options.request_timeout_s, deadline_s))
         if point.phase == "decode":
             notes.append(
                 "decode contaminated by prefill: decode-only mode (DecodeBenchConnector) is not verified on this target"
@@ -161,18 +240,26 @@ class HttpTarget(Target):
             concurrency=point.concurrency,
             request_rate=point.request_rate,
             burstiness=point.burstiness,
-            deadline_s=point.timeout_s or options.item_timeout_s,
+            deadline_s=deadline_s,
             seed=options.seed,
         )
-        result = run_load(endpoint, specs[point.warmup :], load, warmup=specs[: point.warmup])
+        result = run_load(endpoint, specs[point.warmup :], load, warmup=specs[: point.warmup],
+                          procs=options.client_procs, progress=options.progress)
         diagnostics = {
             "in_flight_mean": result.in_flight_mean,
             "in_flight_max": result.in_flight_max,
             "loop_lag_p99_ms": result.loop_lag_p99_ms,
             "loop_lag_max_ms": result.loop_lag_max_ms,
             "deadline_hit": result.deadline_hit,
+            "client_cpu_s": result.client_cpu_s,
+            "client_procs": result.procs,
         }
-        if result.deadline_hit:
+        if result.deadline_hit and session_bound:
+            notes.append(
+                f"session deadline of {options.session_timeout_s:g}s (--pdslo-timeout) reached during this item; "
+                "unfinished requests counted as failed"
+            )
+        elif result.deadline_hit:
             notes.append(f"run deadline of {load.deadline_s:g}s reached; unfinished requests counted as failed")
         return RunOutcome(
             records=list(result.records),
@@ -200,6 +287,8 @@ class SimHttpTarget(HttpTarget):
     real time (or, for models without a profile or with a ``sim:`` block, by
     simple latency parameters), and measured by the real client end to end.
     """
+
+    fds_per_stream = 2  # the client's socket and the in-process server's
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__(None, simulated=True, name="sim-http")

@@ -393,15 +393,8 @@ def test_target_runs_the_load_as_a_job(replay: Any, suite: Suite, gateway: str, 
 # -- as a user runs it -----------------------------------------------------------------
 
 
-def _plugin_knows_llm_d() -> bool:
-    from pytest_pdslo.state import TARGET_CHOICES
-
-    return "llm-d" in TARGET_CHOICES
-
-
-@pytest.mark.skipif(not _plugin_knows_llm_d(), reason="--pdslo-target llm-d is not wired into the plugin yet")
 def test_pytest_run_with_the_llm_d_target(replay: Any, gateway: str, pytester: pytest.Pytester,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:  # pragma: no cover
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     server = replay("agg_ready.json")
     kubeconfig = pytester.path / "kubeconfig"
     kubeconfig.write_text(json.dumps({

@@ -213,8 +213,7 @@ def test_override_file(tmp_path: Path) -> None:
     assert "gateway.port" in str(err.value) and "bogus" in str(err.value)
 
 
-@pytest.mark.skipif("k8s" not in Suite.model_fields, reason="suite.py has no k8s: block yet (lead-side change)")
-def test_k8s_block_in_a_suite() -> None:  # pragma: no cover - runs once suite.py carries the block
+def test_k8s_block_in_a_suite() -> None:
     suite = parse_suite({
         "name": "tiny", "model": "m", "hardware": "mi300x",
         "k8s": {"image": "suite-image", "gateway": {"service": "gw"}},

@@ -102,3 +102,17 @@ def test_byte_by_byte_equals_whole(stream: bytes) -> None:
 def test_payloads_round_trip(payloads: list[bytes], sep: bytes, cuts: list[int]) -> None:
     stream = b"".join(b"data: " + p + sep + sep for p in payloads)
     assert parse(split_at(stream, cuts)) == payloads
+
+
+def test_event_size_is_bounded() -> None:
+    import pytest
+
+    from pytest_pdslo.sse import MAX_EVENT_BYTES, SSEError, SSEParser
+
+    p = SSEParser()
+    with pytest.raises(SSEError, match="longer than"):
+        p.feed(b"data: " + b"x" * (MAX_EVENT_BYTES + 10))
+    p = SSEParser()
+    with pytest.raises(SSEError, match="event longer than"):
+        for _ in range(MAX_EVENT_BYTES // (1 << 20) + 2):
+            p.feed(b"data: " + b"y" * (1 << 20) + b"\n")

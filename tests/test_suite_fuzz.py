@@ -104,3 +104,24 @@ def test_nonsense_values_are_not_accepted() -> None:
         except SuiteError:
             continue
         raise AssertionError(f"accepted nonsense at {'.'.join(map(str, path))} = {value!r}")
+
+
+def test_alias_bomb_makes_a_short_message() -> None:
+    """YAML aliases nest a list 10**9 elements deep in a few lines; the message stays a line."""
+    levels = ["a0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"a{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    anchors = yaml.safe_load("\n".join(levels))
+    bomb = anchors["a9"]
+    for path in (("deployments", "agg-tp8", "tp"), ("slo", "ttft_ms", "p90"), ("benchmarks", "decode", "requests"),
+                 ("benchmarks", "decode", "concurrency")):
+        doc = copy.deepcopy(REFERENCE[0])
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = bomb
+        try:
+            expand(parse_suite(doc, "suites/bomb.yaml"), "suites/bomb.yaml")
+        except SuiteError as exc:
+            assert len(str(exc)) < 5000, (path, len(str(exc)))
+        else:
+            raise AssertionError(f"accepted an alias bomb at {'.'.join(path)}")

@@ -4,6 +4,10 @@ Runs once, where all results meet (the xdist controller, or the only process).
 Each file is rewritten atomically and only when its text changes; entries whose
 ids a fully collected suite no longer has are pruned, entries merely not run
 this time (deselected, ``-x``, a failed target) stay.
+
+A refresh killed mid-write leaves the old file whole (temporary file and rename)
+and, at worst, its temporary file (``.<name>.json.*.tmp``) next to it; the next
+refresh of that file removes such leftovers.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def refresh_baselines(
         full = suite_ids.get(suite) if suite_complete.get(suite) else None
         plan = plan_update(old, records, full)
         text = render(suite, env, plan.entries)
+        leftovers = _remove_leftovers(path)
         if text != old_text:
             write_atomic(path, text)
         reports.append(
@@ -52,6 +57,25 @@ def refresh_baselines(
                 "problems": problems,
                 "rewritten": text != old_text,
                 "pruning": full is not None,
+                "leftovers_removed": leftovers,
             }
         )
     return reports
+
+
+def _remove_leftovers(path: Path) -> int:
+    """Delete temporary files a killed refresh of ``path`` left behind; return how many.
+
+    Only the process that refreshes (the xdist controller) writes baselines, so any
+    temporary file of ``path`` that exists now is from an earlier, interrupted run.
+    """
+    removed = 0
+    if not path.parent.is_dir():
+        return 0
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed

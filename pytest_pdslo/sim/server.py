@@ -28,6 +28,11 @@ ids. The plugin's synthetic prompts are one word per token, so the counts match
 what it asked for. Every request produces exactly ``max_tokens`` tokens
 (``ignore_eos``); ``usage`` reports those counts.
 
+``faults=FaultPlan(...)`` (``sim.faults``) makes a share of generation requests
+fail: refused, HTTP errors, cut or malformed streams, stalls, slow or huge chunks.
+A client that disconnects cancels its handler (``BackgroundServer`` and ``serve``
+run with handler cancellation), so a stalled response never outlives its client.
+
 Limits: a client that disconnects does not abort its request in the engine (it
 runs to the end, unseen); the engine's per-step arrays grow for the life of the
 server (about 40 bytes per step, a few hundred per request): it is meant for test
@@ -50,6 +55,8 @@ from .. import __version__
 from .engine.errors import SimConfigError
 from .engine.realtime import RealtimeEngine
 from .engine.spec import ClusterSpec
+from . import faults as faults_mod
+from .faults import FaultInjector, FaultPlan
 from .latency import LatencyModel, LatencyParams
 
 _WORDS = ("the", "of", "and", "to", "in", "is", "for", "on", "that", "with", "as", "it", "at", "by", "from")
@@ -371,6 +378,7 @@ class SimHttpServer:
     ``/v1/...``; ``deployments`` maps names to a ``ClusterSpec`` (engine), a
     ``LatencyParams`` / ``LatencyModel`` (latency) or a ready backend, served at
     ``/d/<name>/v1/...``. Entries may be added to ``deployments`` while it serves.
+    ``faults`` injects failures into a share of generation requests (``sim.faults``).
     """
 
     def __init__(
@@ -382,9 +390,12 @@ class SimHttpServer:
         *,
         cluster: ClusterSpec | None = None,
         max_model_len: int | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.model = model
         self.seed = seed
+        #: the fault plan's injector (None: no faults); ``faults.injected`` counts what it dealt
+        self.faults = FaultInjector(faults) if faults is not None else None
         self.default: Backend = (
             EngineBackend(cluster, max_model_len=max_model_len, model_name=model)
             if cluster is not None
@@ -480,6 +491,12 @@ class SimHttpServer:
         return await self._generate(request, chat=True)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        fault = self.faults.next() if self.faults is not None else None
+        if fault is not None:
+            assert self.faults is not None
+            early = await faults_mod.before_response(fault, self.faults.plan, request)
+            if early is not None:
+                return early
         dep = request.match_info.get("deployment")
         try:
             backend = self.backend(dep)
@@ -555,11 +572,22 @@ class SimHttpServer:
                          "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}  # fmt: skip
                 await resp.write(b"data: " + json.dumps(first).encode() + b"\n\n")
             sent = 0
+            pending = fault if fault is not None and fault not in faults_mod.PRE_STREAM else None
+            plan = self.faults.plan if self.faults is not None else None
+            huge_text: str | None = None
             async for n in stream:
                 n = min(n, max_tokens - sent)
                 if n <= 0:
                     continue
+                if pending is not None and plan is not None and sent >= plan.after_tokens:
+                    kind, pending = pending, None
+                    if kind == "huge_chunk":
+                        huge_text = "x" * plan.huge_bytes
+                    elif await faults_mod.in_stream(kind, plan, request, resp.write):
+                        return resp
                 text = "".join(_WORDS[i % len(_WORDS)] + " " for i in range(sent, sent + n))
+                if huge_text is not None:
+                    text, huge_text = huge_text, None
                 finish = "length" if sent + n >= max_tokens else None
                 ch: dict[str, Any] = {"index": 0, "finish_reason": finish}
                 if chat:
@@ -572,6 +600,9 @@ class SimHttpServer:
                 sent += n
                 chunk = {"id": rid, "object": obj, "created": created, "model": model_label, "choices": [ch]}
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if pending is not None and pending != "huge_chunk" and plan is not None:
+                if await faults_mod.in_stream(pending, plan, request, resp.write):
+                    return resp
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"id": rid, "object": obj, "created": created, "model": model_label, "choices": [],
                          "usage": _usage(prompt_tokens, sent)}  # fmt: skip
@@ -679,7 +710,10 @@ class BackgroundServer:
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self.server.app, access_log=None, handle_signals=False)
+            # a client that goes away cancels its handler (a stalled fault must not outlive it),
+            # and stopping waits at most a second for handlers still running
+            self._runner = web.AppRunner(self.server.app, access_log=None, handle_signals=False,
+                                         handler_cancellation=True, shutdown_timeout=1.0)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
             loop.run_until_complete(site.start())

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from .accuracy.items import accuracy_items
 from .baseline import fingerprint as fp_mod
 from .baseline.check import BaselineOutcome, arrival_cv2, judge, make_record
 from .baseline.gates import gates_for
@@ -24,14 +25,19 @@ class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         loaded = load_suite(self.path)
         points = loaded.points()
+        accuracy = accuracy_items(self, loaded)
         # every id the suite has, to tell later whether it was collected whole (baseline pruning)
         state = self.config.stash[SESSION_KEY]
-        state.suite_ids.setdefault(loaded.suite.name, set()).update(p.id for p in points)
+        ids = state.suite_ids.setdefault(loaded.suite.name, set())
+        ids.update(p.id for p in points)
+        ids.update(i.spec.id for i in accuracy)
         for point in points:
             item = PointItem.from_parent(self, name=point.id, point=point, loaded=loaded)
             for marker in point.markers:
                 item.add_marker(marker)
             yield item
+        # accuracy checks, one item per (check x deployment): the plugin runs them last
+        yield from accuracy
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
         if isinstance(excinfo.value, PdsloError):

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from . import __version__
+from .accuracy.baseline import refresh as refresh_accuracy_baselines
+from .accuracy.items import AccuracyItem, order_items
 from .baseline.gates import parse_tolerance
 from .baseline.refresh import refresh_baselines
 from .items import PointItem, SuiteFile
@@ -196,12 +198,15 @@ _LAUNCHERS = ("vllm", "llm-d")
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On launcher targets, run the items of one deployment (and layout) back to back.
+    """On launcher targets, run the items of one deployment (and layout) back to back;
+    on every target, accuracy items after all performance items.
 
     A stable sort by each group's first appearance: the order within a group and of the
     groups stays the suite's, but a deployment is started once instead of once per sweep.
+    Runs after -m/-k deselection (trylast), so it orders what will run.
     """
     if config.stash[SESSION_KEY].options.target not in _LAUNCHERS:
+        order_items(items)
         return
     from .k8s.render import layout_for
 
@@ -214,6 +219,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for item in items:
         first.setdefault(group(item), len(first))
     items.sort(key=lambda item: first[group(item)])
+    order_items(items)
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -267,6 +273,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         if isinstance(item, PointItem):
             kept.setdefault(item.point.suite, set()).add(item.point.id)
+        elif isinstance(item, AccuracyItem):
+            kept.setdefault(item.spec.suite, set()).add(item.spec.id)
     for name, ids in state.suite_ids.items():
         state.suite_complete[name] = kept.get(name, set()) == ids
     if _is_worker(session.config):
@@ -324,6 +332,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if state.options.update_baselines:
         state.baseline_updates = refresh_baselines(
+            state.entries, state.options.baselines_dir, state.suite_ids, state.suite_complete, state.display_path
+        )
+        state.baseline_updates += refresh_accuracy_baselines(
             state.entries, state.options.baselines_dir, state.suite_ids, state.suite_complete, state.display_path
         )
     entries = sorted(state.entries, key=_natural)

@@ -232,7 +232,7 @@ class Benchmarks(_Strict):
 
 
 class AccuracyCheck(_Strict):
-    """An accuracy gate, run after the performance items (validated now, run by the accuracy issue)."""
+    """An accuracy gate: one item per (check × deployment), run after the performance items."""
 
     harness: Literal["lm-eval", "gpt-oss"]
     task: str = Field(min_length=1)

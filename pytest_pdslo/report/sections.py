@@ -150,7 +150,10 @@ def plan_sections(analysis: Analysis) -> list[Section]:
 
 
 def all_sections(entries: Sequence[dict[str, Any]], analysis: Analysis, simulated: bool) -> list[Section]:
-    return item_sections(entries, simulated) + pareto_sections(analysis) + plan_sections(analysis)
+    from ..accuracy.report import accuracy_sections, performance_entries
+
+    return (item_sections(performance_entries(entries), simulated) + accuracy_sections(entries)
+            + pareto_sections(analysis) + plan_sections(analysis))
 
 
 def banner(simulated: bool, target: str) -> str:

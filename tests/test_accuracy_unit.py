@@ -6,6 +6,7 @@ No harness is needed here: the lm-eval and gpt-oss workers are exercised for rea
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -314,7 +315,7 @@ def test_gptoss_result_parsing() -> None:
 
 def test_gptoss_worker_without_gpt_oss_says_how_to_get_it(tmp_path: Path) -> None:
     """The real worker script under an interpreter without gpt-oss: one setup message, no traceback."""
-    if gptoss.importlib.util.find_spec("gpt_oss") is not None:
+    if importlib.util.find_spec("gpt_oss") is not None:
         pytest.skip("this interpreter has gpt-oss")
     ep = Endpoint(url="http://127.0.0.1:9", model="m")
     with pytest.raises(AccuracyError) as ei:

@@ -24,7 +24,6 @@ item at once with that advice; otherwise after the download failed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import urllib.request
@@ -36,7 +35,7 @@ from .endpoint import Endpoint
 from .errors import AccuracyError
 from .gptoss_worker import DATASETS, cache_file
 from .results import EvalResult, from_worker
-from .worker import PACKAGE_DIR, REPO_ROOT, run_worker, worker_env
+from .worker import PACKAGE_DIR, find_python, run_worker, worker_env
 
 PYTHON_ENV = "PDSLO_GPTOSS_PYTHON"
 DATA_ENV = "PDSLO_GPTOSS_DATA"
@@ -48,18 +47,7 @@ _ARG_KEYS = {"sampler", "temperature", "max_tokens", "n_repeats", "max_retries",
 
 
 def gptoss_python(environ: Mapping[str, str] | None = None, *, here_has_gpt_oss: bool | None = None) -> str:
-    environ = os.environ if environ is None else environ
-    explicit = environ.get(PYTHON_ENV)
-    if explicit:
-        return explicit
-    if here_has_gpt_oss is None:
-        here_has_gpt_oss = importlib.util.find_spec("gpt_oss") is not None
-    if here_has_gpt_oss:
-        return sys.executable
-    venv = REPO_ROOT / ".venv-gptoss" / "bin" / "python"
-    if venv.exists():
-        return str(venv)
-    return sys.executable
+    return find_python(PYTHON_ENV, "gpt_oss", ".venv-gptoss", environ, here_has=here_has_gpt_oss)
 
 
 def data_dir(environ: Mapping[str, str] | None = None) -> str:

@@ -18,16 +18,13 @@ log-likelihood tasks; the check's ``model_args`` are applied last. Our own tasks
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..suite import AccuracyCheck
 from .endpoint import Endpoint
 from .results import EvalResult, from_worker
-from .worker import PACKAGE_DIR, REPO_ROOT, run_worker, worker_env
+from .worker import PACKAGE_DIR, find_python, run_worker, worker_env
 
 PYTHON_ENV = "PDSLO_LMEVAL_PYTHON"
 WORKER = PACKAGE_DIR / "lmeval_worker.py"
@@ -38,18 +35,7 @@ BOOTSTRAP_ITERS = 1000
 
 def lmeval_python(environ: Mapping[str, str] | None = None, *, here_has_lm_eval: bool | None = None) -> str:
     """The interpreter for the lm-eval worker (see module docs)."""
-    environ = os.environ if environ is None else environ
-    explicit = environ.get(PYTHON_ENV)
-    if explicit:
-        return explicit
-    if here_has_lm_eval is None:
-        here_has_lm_eval = importlib.util.find_spec("lm_eval") is not None
-    if here_has_lm_eval:
-        return sys.executable
-    venv = REPO_ROOT / ".venv-lmeval" / "bin" / "python"
-    if venv.exists():
-        return str(venv)
-    return sys.executable
+    return find_python(PYTHON_ENV, "lm_eval", ".venv-lmeval", environ, here_has=here_has_lm_eval)
 
 
 def build_request(check: AccuracyCheck, endpoint: Endpoint, *, seed: int = 0, request_timeout_s: float = 300.0,

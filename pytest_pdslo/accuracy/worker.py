@@ -17,6 +17,25 @@ REPO_ROOT = PACKAGE_DIR.parent.parent
 LOG_TAIL_LINES = 25
 
 
+def find_python(env_var: str, module: str, venv: str, environ: Mapping[str, str] | None = None,
+                *, here_has: bool | None = None) -> str:
+    """The interpreter that runs a harness worker: ``$env_var``, else this one when it can
+    import ``module``, else ``<repo>/<venv>/bin/python`` when present, else this one."""
+    import importlib.util
+    import sys
+
+    environ = os.environ if environ is None else environ
+    explicit = environ.get(env_var)
+    if explicit:
+        return explicit
+    if here_has is None:
+        here_has = importlib.util.find_spec(module) is not None
+    if here_has:
+        return sys.executable
+    candidate = REPO_ROOT / venv / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         data = path.read_bytes()[-32_000:]

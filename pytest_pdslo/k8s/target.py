@@ -25,7 +25,6 @@ import atexit
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..report.files import log_dir
 from ..errors import PdsloError, TargetError
 from ..redact import redact_url
 from ..suite import BenchmarkPoint, Suite
@@ -155,11 +155,7 @@ class LlmdTarget(Target):
     @property
     def log_dir(self) -> Path:
         if self._log_dir is None:
-            if self.report_dir is not None:
-                self._log_dir = self.report_dir / "k8s-logs"
-                self._log_dir.mkdir(parents=True, exist_ok=True)
-            else:
-                self._log_dir = Path(tempfile.mkdtemp(prefix="pdslo-k8s-logs-"))
+            self._log_dir = log_dir(self.report_dir, "k8s-logs")
         return self._log_dir
 
     def run(self, point: BenchmarkPoint, suite: Suite, options: RunOptions) -> RunOutcome:

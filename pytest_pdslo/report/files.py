@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Any
 
 
+def log_dir(report_dir: Path | None, name: str) -> Path:
+    """Where a launcher target keeps server logs: ``<report>/<name>`` when there is a
+    report directory (they travel with the report), else a fresh temporary directory."""
+    if report_dir is not None:
+        path = Path(report_dir) / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.mkdtemp(prefix=f"pdslo-{name}-"))
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..report.files import log_dir
 from ..errors import TargetError
 from ..redact import redact_url
 from ..suite import BenchmarkPoint, Deployment, Suite
@@ -193,11 +194,7 @@ class VllmTarget(Target):
     @property
     def log_dir(self) -> Path:
         if self._log_dir is None:
-            if self.report_dir is not None:
-                self._log_dir = self.report_dir / "vllm-logs"
-                self._log_dir.mkdir(parents=True, exist_ok=True)
-            else:
-                self._log_dir = Path(tempfile.mkdtemp(prefix="pdslo-vllm-logs-"))
+            self._log_dir = log_dir(self.report_dir, "vllm-logs")
         return self._log_dir
 
     def run(self, point: BenchmarkPoint, suite: Suite, options: RunOptions) -> RunOutcome:

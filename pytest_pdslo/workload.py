@@ -11,6 +11,7 @@ tokens to a few hundred milliseconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -124,3 +125,20 @@ def make_requests(n: int, input_len: int, output_len: int, *, spread: float = 0.
         RequestSpec(prompt=p, max_tokens=o, input_len=i, ignore_eos=ignore_eos)
         for p, i, o in zip(prompts, in_lens.tolist(), out_lens.tolist())
     ]
+
+
+def point_requests(point: Any, seed: int = 0, *, ignore_eos: bool = True) -> list[RequestSpec]:
+    """The requests (warmup first) a suite point sends to a real endpoint.
+
+    ``point`` is a ``suite.BenchmarkPoint``: ``input_len_spread`` spreads the prompt lengths,
+    ``output_len_spread`` the requested ``max_tokens`` (uniform in ``[(1 - s) * O, O]``).
+    """
+    return make_requests(
+        point.num_requests + point.warmup,
+        point.input_len,
+        point.output_len,
+        spread=point.input_len_spread,
+        output_spread=getattr(point, "output_len_spread", 0.0),
+        seed=seed,
+        ignore_eos=ignore_eos,
+    )

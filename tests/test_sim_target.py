@@ -76,3 +76,17 @@ def test_weights_that_do_not_fit_name_the_deployment(pytester: pytest.Pytester) 
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
     assert "agg-tp1" in out and "does not fit" in out
+
+
+def test_output_len_spread_varies_the_simulated_lengths(pytester: pytest.Pytester) -> None:
+    (pytester.path / "suites").mkdir(exist_ok=True)
+    (pytester.path / "suites" / "spread.yaml").write_text(
+        "name: spread\nmodel: openai/gpt-oss-120b\nhardware: mi300x\ndeployments:\n  agg-tp8: {tp: 8}\n"
+        "benchmarks:\n  serving: {input_len: 256, output_len: 64, concurrency: [8], requests: 40,"
+        " output_len_spread: 0.5}\n"
+    )
+    result = pytester.runpytest("suites", "-p", "no:cacheprovider", "--pdslo-report", "out")
+    result.assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "out" / "results.json").read_text())
+    m = doc["tests"][0]["metrics"]
+    assert m["completed"] == 40 and 40 * 32 <= m["total_output_tokens"] < 40 * 64

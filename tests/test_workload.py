@@ -59,3 +59,24 @@ def test_large_workload_shape() -> None:
 def test_invalid_arguments(args: tuple[int, int], kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         make_prompts(*args, **kwargs)
+
+
+def test_point_requests_honour_both_spreads() -> None:
+    from pytest_pdslo.suite import expand, parse_suite
+    from pytest_pdslo.workload import point_requests
+
+    suite = parse_suite({
+        "name": "s", "model": "openai/gpt-oss-120b", "hardware": "mi300x", "deployments": {"a": {"tp": 8}},
+        "benchmarks": {"serving": {"input_len": 100, "output_len": 200, "concurrency": [4], "warmup": 3,
+                                   "input_len_spread": 0.2, "output_len_spread": 0.5}},
+    }, "s.yaml")  # fmt: skip
+    (point,) = expand(suite)
+    reqs = point_requests(point, seed=3)
+    assert len(reqs) == point.num_requests + 3
+    outs = [r.max_tokens for r in reqs]
+    assert min(outs) >= 100 and max(outs) <= 200 and len(set(outs)) > 5
+    assert all(80 <= r.input_len <= 100 for r in reqs)
+    # the prompts do not depend on the output spread
+    same = make_requests(len(reqs), 100, 200, spread=0.2, seed=3)
+    assert [r.prompt for r in reqs] == [r.prompt for r in same]
+    assert all(r.max_tokens == 200 for r in same)

@@ -14,8 +14,8 @@ Mapping rules (each applied point lists the ones it used):
 
 * model ``llama-3.1-70b-fp8`` runs on the ``llama-3.3-70b-fp8`` profile (same architecture);
 * ``--kv-cache-dtype fp8`` in the settings, or an ``...-FP8-KV`` checkpoint, gives an FP8 KV cache;
-* ``--gpu-memory-utilization``, ``--max-num-batched-tokens``, ``--max-num-seqs`` and
-  ``--block-size`` are read from the settings (following "same as <id>" references);
+* ``--gpu-memory-utilization``, ``--max-num-batched-tokens``, ``--max-num-seqs``,
+  ``--block-size`` and ``--async-scheduling`` are read from the settings (following "same as <id>" references);
   otherwise vLLM's defaults: 0.9, 8192 for serving (16384 for offline ``LLM`` runs),
   1024, 16;
 * ``--random-range-ratio r`` (the InferenceX / older ``benchmark_serving`` meaning: lengths
@@ -226,6 +226,9 @@ def build_case(entry: dict[str, Any], index: int, by_id: dict[str, dict[str, Any
         return Skip(entry, index, "neither concurrency, request rate nor batch size")
     mns = int(mns or 1024)
     mbt = max(mbt, mns)
+    async_sched = "--async-scheduling" in settings
+    if async_sched:
+        rules.append("--async-scheduling: the profile's per-step cost with async scheduling")
     tp = int(entry.get("tp") or 1)
     cluster = ClusterSpec(
         model=model,
@@ -237,6 +240,7 @@ def build_case(entry: dict[str, Any], index: int, by_id: dict[str, dict[str, Any
         gpu_memory_utilization=gmu,
         block_size=bs,
         kv_cache_dtype=kv,
+        async_scheduling=async_sched,
     )
     workload = WorkloadSpec(
         input_len=int(isl),

@@ -62,6 +62,7 @@ class VirtualSimTarget(Target):
             output_len=point.output_len,
             num_requests=point.num_requests,
             input_len_spread=point.input_len_spread,
+            output_len_spread=point.output_len_spread,
             warmup=point.warmup,
         )
         load = LoadSpec(

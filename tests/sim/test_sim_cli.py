@@ -53,3 +53,14 @@ def test_config_error_exits_2_without_traceback(capsys: pytest.CaptureFixture[st
     assert "does not fit" in captured.err and "Traceback" not in captured.err
     assert run("--model nope --input-len 8 --output-len 8 --concurrency 1".split()) == 2
     assert "known: gpt-oss-120b" in capsys.readouterr().err
+
+
+def test_async_scheduling_and_output_spread_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    base = "--model gpt-oss-120b --hardware h100 --tp 2 --input-len 256 --output-len 64 --concurrency 4 --requests 40 --json"
+    assert run(base.split()) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert run([*base.split(), "--async-scheduling", "--output-len-spread", "0.5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed"] == 40 and 40 * 32 <= out["total_output_tokens"] < 40 * 64
+    assert run([*base.split(), "--async-scheduling"]) == 0
+    assert json.loads(capsys.readouterr().out)["median_tpot_ms"] < plain["median_tpot_ms"]

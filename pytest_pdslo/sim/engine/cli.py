@@ -37,6 +37,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     dep.add_argument("--block-size", type=int, default=16)
     dep.add_argument("--kv-cache-dtype", default=None, help="auto (the profile's), bf16 or fp8")
     dep.add_argument("--router", default="least_loaded", choices=("least_loaded", "round_robin"))
+    dep.add_argument("--async-scheduling", action="store_true",
+                     help="vLLM's --async-scheduling: the GPU profile's per-step cost with async scheduling")
     wl = parser.add_argument_group("workload and load")
     wl.add_argument("--input-len", type=int, required=True, help="input tokens (decode bench: context length)")
     wl.add_argument("--output-len", type=int, required=True)
@@ -66,6 +68,7 @@ def cluster_from_args(args: argparse.Namespace, name: str = "cli") -> ClusterSpe
         "block_size": args.block_size,
         "router": args.router,
         "kv_cache_dtype": args.kv_cache_dtype,
+        "async_scheduling": bool(getattr(args, "async_scheduling", False)),
     }
     if args.prefill_tp is not None or args.decode_tp is not None:
         ptp = args.prefill_tp if args.prefill_tp is not None else args.decode_tp

@@ -96,6 +96,13 @@ class Efficiency(_Frozen):
     allreduce_alpha_us: float = Field(ge=0, description="latency of one all-reduce")
     allreduce_efficiency: float = Field(default=0.7, gt=0, le=1)
     step_overhead_ms: float = Field(ge=0, description="fixed cost of one engine step")
+    async_overhead_share: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="share of step_overhead_ms still exposed with vLLM's --async-scheduling (the CPU schedules "
+        "the next step while the GPU runs this one); 1: no difference",
+    )
     layer_overhead_us: float = Field(default=0.0, ge=0, description="fixed cost per layer per step")
     moe_layer_overhead_us: float = Field(default=0.0, ge=0, description="extra per MoE layer")
     seq_overhead_us: float = Field(default=0.0, ge=0, description="per scheduled sequence per step")

@@ -43,6 +43,7 @@ class ClusterSpec:
     block_size: int = 16
     router: str = "least_loaded"  # or "round_robin"
     kv_cache_dtype: str | None = None  # vLLM's --kv-cache-dtype: "fp8" halves KV bytes; None: the profile's
+    async_scheduling: bool = False  # vLLM's --async-scheduling: the profile's async_step_overhead_ms per step
 
     @property
     def gpus(self) -> int:

@@ -17,7 +17,9 @@ min(c, m)`` (``overlap`` 1 is the pure roofline):
   (``attn_mbu``); sliding-window layers see at most ``window`` keys;
 
 plus two ring all-reduces per layer on the scale-up fabric (none at TP 1) and the
-fixed costs (per step, per layer, per scheduled sequence).
+fixed costs (per step, per layer, per scheduled sequence). With vLLM's
+``--async-scheduling`` only ``async_overhead_share`` of the per-step cost stays
+exposed (the CPU prepares the next step while the GPU runs this one).
 
 Everything is computed from six aggregates of the batch, so the same code prices
 one step (scalars) or many decode steps at once (arrays).
@@ -98,7 +100,7 @@ class StepTimeModel:
     operations on the aggregates and works elementwise on arrays.
     """
 
-    def __init__(self, model: ModelProfile, hardware: HardwareProfile, tp: int) -> None:
+    def __init__(self, model: ModelProfile, hardware: HardwareProfile, tp: int, *, async_scheduling: bool = False) -> None:
         if tp < 1:
             raise SimConfigError(f"tp must be >= 1, got {tp}")
         self.model, self.hardware, self.tp = model, hardware, tp
@@ -152,8 +154,11 @@ class StepTimeModel:
         else:
             self._ar_alpha = self._ar_per_token = 0.0
         # Fixed costs.
+        step_ms = eff.step_overhead_ms
+        if async_scheduling:
+            step_ms *= eff.async_overhead_share  # CPU work of the next step hidden under this one
         self._fixed = (
-            eff.step_overhead_ms * 1e-3
+            step_ms * 1e-3
             + m.num_layers * eff.layer_overhead_us * 1e-6
             + m.num_moe_layers * eff.moe_layer_overhead_us * 1e-6
         )

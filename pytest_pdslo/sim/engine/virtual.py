@@ -274,7 +274,7 @@ def build_pools(
             growth_units=layout.growth_units,
             max_run=1 if step_by_step else 0,
         )
-        st = StepTimeModel(model, hw, spec.tp)
+        st = StepTimeModel(model, hw, spec.tp, async_scheduling=cluster.async_scheduling)
         pools[role] = [
             Instance(0, f"{role}[{r}]", cfg, st, table) for r in range(spec.replicas)
         ]

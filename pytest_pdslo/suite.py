@@ -110,6 +110,34 @@ class Launch(_Strict):
     model: str | None = None
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: P/D KV connector: auto (NixlConnector on GPU nodes, ExampleConnector on CPU), nixl,
+    #: example, or a vLLM connector class name. A ``--kv-transfer-config`` in args wins.
+    kv_connector: str = "auto"
+
+    @field_validator("args")
+    @classmethod
+    def _kv_transfer_config(cls, v: list[str]) -> list[str]:
+        from .vllm.command import kv_transfer_from_args  # stdlib-only module: no vLLM needed
+
+        kv_transfer_from_args(v)  # ValueError with the reason, reported at launch.args
+        return v
+
+    @field_validator("kv_connector")
+    @classmethod
+    def _connector_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"must be auto, nixl, example or a vLLM KV connector class name (e.g. NixlConnector), "
+                             f"got {short_repr(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _connector_agrees(self) -> "Launch":
+        from .vllm.command import connector_conflict
+
+        conflict = connector_conflict(self.args, self.kv_connector)
+        if conflict:
+            raise ValueError(conflict)
+        return self
 
 
 class SimParams(_Strict):
@@ -203,6 +231,7 @@ class DecodeBench(_Bench):
 
     context_len: IntList
     output_len: IntList
+    output_len_spread: float = Field(default=0.0, ge=0, lt=1)
 
 
 class ServingBench(_Bench):
@@ -210,6 +239,7 @@ class ServingBench(_Bench):
 
     input_len: IntList
     output_len: IntList
+    output_len_spread: float = Field(default=0.0, ge=0, lt=1)
 
 
 _PHASE_MODELS: dict[str, type[_Bench]] = {"prefill": PrefillBench, "decode": DecodeBench, "serving": ServingBench}
@@ -376,6 +406,7 @@ class BenchmarkPoint:
     timeout_s: float | None
     id: str
     params: dict = field(default_factory=dict)
+    output_len_spread: float = 0.0  # max_tokens uniform in [(1 - spread) * output_len, output_len]
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -611,6 +642,7 @@ def expand(suite: Suite, path: str = "<suite>") -> list[BenchmarkPoint]:
                         timeout_s=bench.timeout_s,
                         id=pid,
                         params=params,
+                        output_len_spread=getattr(bench, "output_len_spread", 0.0),
                     )
                 )
     return points

@@ -234,6 +234,7 @@ class HttpTarget(Target):
             point.input_len,
             point.output_len,
             spread=point.input_len_spread,
+            output_spread=point.output_len_spread,
             seed=options.seed,
         )
         load = LoadSpec(

@@ -225,3 +225,15 @@ def test_against_sim_server_started_by_hand(pytester: pytest.Pytester) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_output_len_spread_reaches_the_http_client(pytester: pytest.Pytester) -> None:
+    # the real client asks each request for its own max_tokens; the server honours it exactly
+    _write_suite(pytester, TINY.split("benchmarks:")[0] + "benchmarks:\n  serving: {input_len: 64, output_len: 16,"
+                 " concurrency: [4], requests: 24, output_len_spread: 0.5}\n")
+    result = pytester.runpytest("--pdslo-report", "out", *SIM_HTTP)
+    result.assert_outcomes(passed=2)
+    doc = json.loads((pytester.path / "out" / "results.json").read_text())
+    for entry in doc["tests"]:
+        m = entry["metrics"]
+        assert m["completed"] == 24 and 24 * 8 <= m["total_output_tokens"] < 24 * 16

@@ -175,3 +175,58 @@ def test_prefill_drops_decode_slos_and_refuses_explicit_ones() -> None:
     data["benchmarks"]["prefill"]["slo"] = {"tpot_ms": {"p90": 5}}
     with pytest.raises(SuiteError, match=r"benchmarks.prefill\[0\].slo.tpot_ms: prefill requests produce one token"):
         expand(parse_suite(data, "x.yaml"), "x.yaml")
+
+
+def test_output_len_spread_reaches_decode_and_serving_points() -> None:
+    from pytest_pdslo.suite import expand
+
+    data = copy.deepcopy(BASE)
+    data["benchmarks"]["serving"]["output_len_spread"] = 0.5
+    data["benchmarks"]["decode"]["output_len_spread"] = 0.25
+    by_id = {p.id: p for p in expand(parse_suite(data, "demo.yaml"))}
+    assert by_id["serving[agg-tp8-in1024-out1024-c16]"].output_len_spread == 0.5
+    assert by_id["decode[agg-tp8-ctx1024-c1]"].output_len_spread == 0.25
+    assert by_id["prefill[agg-tp8-in1024-c1]"].output_len_spread == 0.0  # one token: nothing to spread
+    # the spread does not change ids (as input_len_spread does not)
+    assert "serving[agg-tp8-in1024-out1024-c16]" in by_id
+    default = {p.id: p for p in expand(parse_suite(copy.deepcopy(BASE), "demo.yaml"))}
+    assert default["serving[agg-tp8-in1024-out1024-c16]"].output_len_spread == 0.0
+
+
+@pytest.mark.parametrize(
+    ("phase", "value", "expected"),
+    [
+        ("serving", 1.0, "benchmarks.serving[0].output_len_spread: Input should be less than 1"),
+        ("serving", -0.1, "benchmarks.serving[0].output_len_spread: Input should be greater than or equal to 0"),
+        ("decode", "wide", "benchmarks.decode[0].output_len_spread"),
+        ("prefill", 0.2, "benchmarks.prefill[0].output_len_spread: unknown key"),
+    ],
+)
+def test_bad_output_len_spread(phase: str, value: Any, expected: str) -> None:
+    data = copy.deepcopy(BASE)
+    data["benchmarks"][phase]["output_len_spread"] = value
+    with pytest.raises(SuiteError) as exc:
+        parse_suite(data, "suites/bad.yaml")
+    assert expected in str(exc.value)
+
+
+@pytest.mark.parametrize("launch, expected", [
+    ({"args": ["--kv-transfer-config", "{bad"]}, "deployments.pd-1p4-1d4.launch.args: --kv-transfer-config is not valid JSON"),
+    ({"args": ["--kv-transfer-config={}", "--kv-transfer-config", "[]"]}, "launch.args: --kv-transfer-config must be a JSON object"),
+    ({"kv_connector": "nixl please"}, "deployments.pd-1p4-1d4.launch.kv_connector: must be auto, nixl, example or a vLLM"),
+    ({"kv_connector": "example", "args": ['--kv-transfer-config={"kv_connector":"NixlConnector"}']},
+     "deployments.pd-1p4-1d4.launch: kv_connector: example asks for ExampleConnector, but args' --kv-transfer-config names NixlConnector"),
+])
+def test_launch_kv_connector_errors_name_the_field(launch: dict, expected: str) -> None:
+    data = _mutate(lambda d: d["deployments"]["pd-1p4-1d4"].__setitem__("launch", launch))
+    with pytest.raises(SuiteError) as exc:
+        parse_suite(data, "demo.yaml")
+    assert "demo.yaml" in str(exc.value) and expected in str(exc.value)
+
+
+def test_launch_kv_connector_default_and_values() -> None:
+    data = _mutate(lambda d: d["deployments"]["pd-1p4-1d4"].__setitem__("launch", {"kv_connector": "MooncakeConnector"}))
+    suite = parse_suite(data, "demo.yaml")
+    assert suite.deployments["pd-1p4-1d4"].launch.kv_connector == "MooncakeConnector"
+    data = _mutate(lambda d: d["deployments"]["pd-1p4-1d4"].__setitem__("launch", {"args": ["--enforce-eager"]}))
+    assert parse_suite(data, "demo.yaml").deployments["pd-1p4-1d4"].launch.kv_connector == "auto"

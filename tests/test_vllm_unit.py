@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -612,3 +614,532 @@ def test_start_timeout_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PDSLO_VLLM_START_TIMEOUT", "soon")
     with pytest.raises(TargetError, match="PDSLO_VLLM_START_TIMEOUT must be a positive number"):
         VllmTarget(report_dir=tmp_path, python=sys.executable)
+
+
+# -- servers do not outlive a SIGKILLed launcher ---------------------------------------------
+
+#: A launcher: starts the fake server (with a child, like vLLM's EngineCore) through
+#: ``ServerProcess``, prints the pids, then idles until it is killed.
+LAUNCHER = r"""
+import json, os, sys, threading, time
+from pytest_pdslo.vllm import process
+fake, log, pidfile, mode = sys.argv[1:5]
+if mode == "pdeathsig-only":
+    process.Watchdog.start = classmethod(lambda cls, *a, **k: None)
+port = process.free_port()
+def launch():
+    srv = process.ServerProcess("orphan", [sys.executable, fake, "serve", "m", "--port", str(port),
+                                           "--spawn-child", pidfile], env=dict(os.environ), log_path=log, port=port)
+    srv.start()
+    srv.wait_healthy(60)
+    return srv
+if mode == "thread":
+    box = []
+    t = threading.Thread(target=lambda: box.append(launch()))
+    t.start(); t.join()
+    srv = box[0]
+    time.sleep(1.0)  # the launching thread is gone: the server must still be up
+    assert srv.alive(), "server died with its launching thread"
+else:
+    srv = launch()
+print(json.dumps({"pid": srv.pid, "child": int(open(pidfile).read()),
+                  "watchdog": srv.watchdog.proc.pid if srv.watchdog else None}), flush=True)
+time.sleep(600)
+"""
+
+
+def _live(pid: int) -> bool:
+    """Alive and not a zombie (an unreaped orphan is dead for our purpose)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _wait_until(cond, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _run_launcher(tmp_path, mode: str):
+    with open(tmp_path / "launcher.err", "wb") as err:
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(FAKE), str(tmp_path / "srv.log"),
+                                     str(tmp_path / "child.pid"), mode], stdout=subprocess.PIPE, stderr=err,
+                                    start_new_session=True)
+    assert launcher.stdout is not None
+    with launcher.stdout:
+        line = launcher.stdout.readline()
+    if not line:
+        launcher.wait(10)
+        raise AssertionError(f"launcher failed: {(tmp_path / 'launcher.err').read_text()}\n"
+                             f"{log_tail(tmp_path / 'srv.log')}")
+    return launcher, json.loads(line)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process groups and /proc")
+@pytest.mark.parametrize("mode", ["main", "thread"])
+def test_sigkilled_launcher_takes_the_whole_server_group_down(tmp_path, mode):
+    launcher, pids = _run_launcher(tmp_path, mode)
+    server, child = pids["pid"], pids["child"]
+    try:
+        assert _live(server) and _live(child) and pids["watchdog"]
+        assert set(_group_members(server)) >= {server, child}  # the child is in the server's group
+        t0 = time.monotonic()
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(10)
+        assert _wait_until(lambda: not _group_members(server), 10), _group_members(server)
+        assert not _live(child) and not _live(server)
+        assert time.monotonic() - t0 < 10
+        assert _wait_until(lambda: not _live(pids["watchdog"]), 5)  # the watchdog exits after its work
+        assert "launcher" in (tmp_path / "srv.log").read_text() and "gone" in (tmp_path / "srv.log").read_text()
+    finally:
+        for pid in (server, child):
+            if _live(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_pdeathsig_alone_stops_the_top_process_but_not_its_children(tmp_path):
+    """Why the watchdog exists: PDEATHSIG reaches the API server, not its engine processes."""
+    launcher, pids = _run_launcher(tmp_path, "pdeathsig-only")
+    server, child = pids["pid"], pids["child"]
+    try:
+        assert pids["watchdog"] is None
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(10)
+        assert _wait_until(lambda: not _live(server), 10)
+        time.sleep(0.5)
+        assert _live(child)  # orphaned: only the group kill of the watchdog reaches it
+    finally:
+        for pid in (server, child):
+            if _live(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_disarms_the_watchdog_and_reaps_it(tmp_path):
+    srv = ServerProcess("guarded", [sys.executable, str(FAKE), "serve", "m", "--port", str(port := free_port())],
+                        env=dict(os.environ), log_path=tmp_path / "g.log", port=port)
+    srv.start()
+    try:
+        srv.wait_healthy(60)
+        assert srv.watchdog is not None
+        wd = srv.watchdog.proc
+        assert wd.poll() is None
+    finally:
+        srv.stop(grace_s=5)
+    assert wd.poll() is not None and srv.watchdog is None
+    assert "launcher gone" not in (tmp_path / "g.log").read_text()  # disarmed, not triggered
+    unguarded = ServerProcess("plain", ["sleep", "30"], env=dict(os.environ), log_path=tmp_path / "p.log",
+                              port=free_port(), orphan_guard=False).start()
+    assert unguarded.watchdog is None
+    unguarded.stop(grace_s=1)
+
+
+def test_watchdog_exits_when_the_group_ends_by_itself(tmp_path):
+    from pytest_pdslo.vllm.process import Watchdog
+
+    proc = subprocess.Popen(["sleep", "0.3"], start_new_session=True)
+    wd = Watchdog.start(proc.pid)
+    assert wd is not None
+    proc.wait()
+    assert wd.proc.wait(timeout=10) == 0  # reaped leader, empty group: nothing left to guard
+    wd.disarm()
+
+
+def test_parent_death_preexec_only_on_the_main_thread():
+    from pytest_pdslo.vllm.process import parent_death_preexec
+    import threading
+
+    assert callable(parent_death_preexec()) or not sys.platform.startswith("linux")
+    box = []
+    t = threading.Thread(target=lambda: box.append(parent_death_preexec()))
+    t.start()
+    t.join()
+    assert box == [None]
+
+
+# -- the P/D KV connector choice ---------------------------------------------------------------
+
+
+def test_kv_transfer_from_args_parses_and_explains_bad_input():
+    assert command.kv_transfer_from_args(["--enforce-eager"]) is None
+    assert command.kv_transfer_from_args(["--kv-transfer-config", '{"kv_connector":"A"}',
+                                          '--kv-transfer-config={"kv_connector":"B"}']) == {"kv_connector": "B"}
+    for args, match in [(["--kv-transfer-config"], "needs a JSON object"),
+                        (["--kv-transfer-config", "{bad"], "not valid JSON"),
+                        (["--kv-transfer-config", "[1]"], "must be a JSON object, got list"),
+                        (["--kv-transfer-config", '{"kv_role": 1}'], "kv_role must be a string"),
+                        (["--kv-transfer-config", '{"kv_connector_extra_config": 3}'], "must be an object"),
+                        (["--kv-transfer-config.kv_connector", "X"], "dotted form")]:
+        with pytest.raises(ValueError, match=match):
+            command.kv_transfer_from_args(args)
+
+
+def test_connector_auto_is_nixl_on_gpu_and_example_on_cpu(tmp_path):
+    gpu = command.pd_connector([], "auto", "gpu", tmp_path)
+    assert gpu.name == "NixlConnector" and gpu.protocol == "kv-params" and gpu.nixl and gpu.source == "auto"
+    assert gpu.prefill == gpu.decode == command.NIXL_CONFIG
+    cpu = command.pd_connector([], "auto", "cpu", tmp_path)
+    assert cpu.name == "ExampleConnector" and cpu.protocol == "resend" and not cpu.nixl
+    assert cpu.prefill == {"kv_connector": "ExampleConnector", "kv_role": "kv_producer",
+                           "kv_connector_extra_config": {"shared_storage_path": str(tmp_path)}}
+    assert cpu.decode["kv_role"] == "kv_consumer"
+    assert command.pd_connector([], "nixl", "cpu").name == "NixlConnector"  # explicit beats the node
+    assert command.pd_connector([], "example", "gpu", tmp_path).name == "ExampleConnector"
+    other = command.pd_connector([], "MooncakeConnector", "gpu")
+    assert other.protocol == "kv-params" and not other.nixl and other.source == "launch.kv_connector"
+    assert (other.prefill["kv_role"], other.decode["kv_role"]) == ("kv_producer", "kv_consumer")
+    assert command.pd_connector([], "LMCacheConnectorV1", "gpu").protocol == "resend"
+    with pytest.raises(ValueError, match="needs a shared KV directory"):
+        command.pd_connector([], "example", "cpu", None)
+
+
+def test_users_kv_transfer_config_is_respected(tmp_path):
+    own = '{"kv_connector":"NixlConnector","kv_buffer_device":"cpu","kv_connector_extra_config":{"backends":["UCX"]}}'
+    c = command.pd_connector(["--kv-transfer-config", own], "auto", "cpu", tmp_path)
+    assert c.name == "NixlConnector" and c.source == "launch.args"  # the user's choice, even on CPU
+    assert c.prefill == {"kv_connector": "NixlConnector", "kv_role": "kv_both", "kv_buffer_device": "cpu",
+                         "kv_connector_extra_config": {"backends": ["UCX"]}}
+    roles = '{"kv_connector":"ExampleConnector","kv_role":"kv_both","kv_connector_extra_config":{"shared_storage_path":"/mine"}}'
+    e = command.pd_connector([f"--kv-transfer-config={roles}"], "example", "gpu", tmp_path)
+    assert e.prefill["kv_role"] == e.decode["kv_role"] == "kv_both"  # set by the user: not adjusted
+    assert e.prefill["kv_connector_extra_config"] == {"shared_storage_path": "/mine"}
+    # a config without a connector: ours is added, the rest kept
+    partial = command.pd_connector(["--kv-transfer-config", '{"kv_buffer_size": 1e9}'], "auto", "gpu")
+    assert partial.prefill == {"kv_connector": "NixlConnector", "kv_role": "kv_both", "kv_buffer_size": 1e9}
+    with pytest.raises(ValueError, match="asks for NixlConnector, but args' --kv-transfer-config names ExampleConnector"):
+        command.pd_connector(["--kv-transfer-config", roles], "nixl", "gpu", tmp_path)
+    # the plan's config replaces the flag on the command line, carrying the user's settings
+    plans = command.plan_instances("pd", {"prefill": _inst(), "decode": _inst()}, tmp_path, c)
+    args = command.serve_args(_spec(args=("--kv-transfer-config", own, "--enforce-eager"), kv_transfer=plans[0].kv_transfer))
+    assert args.count("--kv-transfer-config") == 1
+    assert json.loads(args[args.index("--kv-transfer-config") + 1])["kv_buffer_device"] == "cpu"
+
+
+def _inst(tp: int = 1, replicas: int = 1):
+    from pytest_pdslo.suite import Instance
+
+    return Instance(tp=tp, replicas=replicas)
+
+
+def test_nixl_side_channels_are_distinct_per_instance():
+    picked = iter([7000, 7100, 7200])
+    sides = command.nixl_side_channels(3, {}, "0.0.0.0", 1, lambda n, taken: next(picked))
+    assert [s[command.NIXL_PORT_ENV] for s in sides] == ["7000", "7100", "7200"]
+    assert {s[command.NIXL_HOST_ENV] for s in sides} == {"127.0.0.1"}  # wildcard bind: loopback on this node
+    fixed = command.nixl_side_channels(3, {command.NIXL_PORT_ENV: "5600", command.NIXL_HOST_ENV: "10.0.0.5"},
+                                       "127.0.0.1", 2, lambda n, taken: pytest.fail("must not pick"))
+    assert [s[command.NIXL_PORT_ENV] for s in fixed] == ["5600", "5602", "5604"]  # a block per DP size
+    assert fixed[0][command.NIXL_HOST_ENV] == "10.0.0.5"
+    seen: list[set[int]] = []
+    command.nixl_side_channels(2, {}, "h", 4, lambda n, taken: (seen.append(set(taken)), 9000 + 10 * len(seen))[1])
+    assert seen == [set(), set(range(9010, 9014))]  # the first block is not handed out again
+    with pytest.raises(ValueError, match="must be a port number"):
+        command.nixl_side_channels(1, {command.NIXL_PORT_ENV: "x"}, "h", 1, lambda n, t: 1)
+    assert command.data_parallel_size(["-dp", "4"]) == 4
+    assert command.data_parallel_size(["--data-parallel-size=2"]) == 2
+    assert command.data_parallel_size(["--data-parallel-size", "x"]) == 1
+    assert command.data_parallel_size([]) == 1
+
+
+def test_free_port_block_is_free_and_avoids_ports():
+    from pytest_pdslo.vllm.process import free_port_block
+
+    base = free_port_block(3)
+    for p in range(base, base + 3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+    avoid = set(range(1024, 65536)) - {base}
+    with pytest.raises(LaunchError, match="no block of 2 free TCP ports"):
+        free_port_block(2, avoid=avoid, tries=5)
+
+
+# -- the proxy's kv_transfer_params (NIXL) mode, against fake prefill/decode servers ---------------
+
+
+class _Recorder:
+    """A fake vLLM instance for the proxy: records each request's body and headers.
+
+    As prefill (``params`` given) it answers a non-streamed completion carrying those
+    ``kv_transfer_params``; as decode it streams two tokens.
+    """
+
+    def __init__(self, params: dict | None = None, prefill: bool = False) -> None:
+        self.params = params
+        self.prefill = prefill
+        self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+
+    def app(self):
+        from aiohttp import web
+
+        async def handle(request):
+            body = await request.json()
+            self.bodies.append(body)
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            if self.prefill:
+                out = {"id": "p", "choices": [{"index": 0, "text": "x"}], "usage": {"prompt_tokens": 4, "completion_tokens": 1}}
+                if self.params is not None:
+                    out["kv_transfer_params"] = self.params
+                return web.json_response(out)
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            for k in range(2):
+                await resp.write(f'data: {json.dumps({"choices": [{"index": 0, "text": "y", "token_ids": [k]}]})}\n\n'.encode())
+            usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}
+            await resp.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+            return resp
+
+        app = web.Application()
+        app.router.add_post("/v1/completions", handle)
+        app.router.add_post("/v1/chat/completions", handle)
+        return app
+
+
+REMOTE = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": [[3, 4]],
+          "remote_engine_id": "engine-p", "remote_request_id": "r1", "remote_host": "10.1.2.3", "remote_port": 5601,
+          "tp_size": 1}
+
+
+def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, bytes]:
+    import requests
+
+    r = requests.post(url, json=body, headers=headers or {}, timeout=10)
+    return r.status_code, r.content
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_kv_params_proxy_sends_the_nixl_protocol_fields(path):
+    p, d = _Recorder(REMOTE, prefill=True), _Recorder()
+    servers = [BackgroundProxy(x).start() for x in (p, d)]  # anything with app() runs there
+    proxy = BackgroundProxy(PDProxy([servers[0].url], [servers[1].url], mode="kv-params")).start()
+    try:
+        body = {"model": "tiny", "prompt": "a b c d", "max_tokens": 9, "max_completion_tokens": 9, "stream": True,
+                "stream_options": {"include_usage": True}, "min_tokens": 3, "ignore_eos": True,
+                "kv_transfer_params": {"stale": True}}
+        status, content = _post(proxy.url + path, body)
+    finally:
+        proxy.stop()
+        for s in servers:
+            s.stop()
+    assert status == 200 and b"[DONE]" in content
+    (pb,), (db,) = p.bodies, d.bodies
+    assert pb["kv_transfer_params"] == {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
+                                        "remote_block_ids": None, "remote_host": None, "remote_port": None}
+    assert pb["max_tokens"] == 1 and pb["max_completion_tokens"] == 1 and pb["stream"] is False
+    assert "stream_options" not in pb and "min_tokens" not in pb and pb["prompt"] == "a b c d" and pb["ignore_eos"]
+    assert db["kv_transfer_params"] == REMOTE  # the prefill answer, passed on unchanged
+    assert {k: v for k, v in db.items() if k != "kv_transfer_params"} == {k: v for k, v in body.items()
+                                                                           if k != "kv_transfer_params"}
+    rid_p, rid_d = p.headers[0].get("x-request-id"), d.headers[0].get("x-request-id")
+    assert rid_p and rid_p == rid_d  # one request id for both halves
+
+
+def test_kv_params_proxy_without_params_sends_the_original_and_counts_it():
+    p, d = _Recorder(None, prefill=True), _Recorder()
+    servers = [BackgroundProxy(x).start() for x in (p, d)]
+    pd_proxy = PDProxy([servers[0].url], [servers[1].url], mode="kv-params")
+    proxy = BackgroundProxy(pd_proxy).start()
+    try:
+        body = {"model": "tiny", "prompt": "a b", "max_tokens": 2, "stream": True}
+        status, _ = _post(proxy.url + "/v1/completions", body, {"X-Request-Id": "client-7"})
+    finally:
+        proxy.stop()
+        for s in servers:
+            s.stop()
+    assert status == 200
+    assert d.bodies == [body] and pd_proxy.kv_params_missing == 1
+    assert p.headers[0]["x-request-id"] == d.headers[0]["x-request-id"] == "client-7"  # the client's id is kept
+
+
+def test_resend_mode_sends_no_kv_params_and_modes_are_checked():
+    p, d = _Recorder(REMOTE, prefill=True), _Recorder()
+    servers = [BackgroundProxy(x).start() for x in (p, d)]
+    proxy = BackgroundProxy(PDProxy([servers[0].url], [servers[1].url])).start()
+    try:
+        body = {"model": "tiny", "prompt": "a b", "max_tokens": 2, "stream": True}
+        assert _post(proxy.url + "/v1/completions", body)[0] == 200
+    finally:
+        proxy.stop()
+        for s in servers:
+            s.stop()
+    assert "kv_transfer_params" not in p.bodies[0] and d.bodies == [body]
+    with pytest.raises(ValueError, match="unknown proxy mode"):
+        PDProxy(["http://p"], ["http://d"], mode="nixl")
+    assert prefill_body({"prompt": "x", "max_tokens": 5}, "kv-params")["kv_transfer_params"]["do_remote_decode"] is True
+
+
+# -- the target chooses the connector (fake server) ---------------------------------------------
+
+
+def _nixl_suite(launch: dict, name: str = "pd") -> dict:
+    return {**SUITE, "deployments": {name: {"mode": "disaggregated", "prefill": {"replicas": 2}, "decode": {"tp": 1},
+                                            "launch": {"model": "m", **launch}}},
+            "benchmarks": {"serving": {"input_len": 8, "output_len": 3, "concurrency": 2, "requests": 4}}}
+
+
+def test_target_runs_a_nixl_pair_through_the_kv_params_proxy(fake_target, tmp_path, monkeypatch):
+    reqlog = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_REQUEST_LOG", str(reqlog))
+    suite = parse_suite(_nixl_suite({"kv_connector": "nixl"}), "fake.yaml")
+    (point,) = expand(suite)
+    out = fake_target.run(point, suite, RunOptions(request_timeout_s=10))
+    running = fake_target._running
+    assert running is not None and running.connector is not None and running.pd is not None
+    assert running.pd.mode == "kv-params"
+    assert all(r.ok for r in out.records), [r.error for r in out.records]
+    d = out.diagnostics
+    assert d["pd_kv_params_missing"] == 0 and d["pd_kv_transfer_verified"] is True
+    envs = {name: s.env for name, s in running.servers.items()}
+    ports = {envs[n][command.NIXL_PORT_ENV] for n in envs}
+    assert len(ports) == 3 and all(envs[n][command.NIXL_HOST_ENV] == "127.0.0.1" for n in envs)
+    http_ports = {str(s.port) for s in running.servers.values()}
+    assert not ports & http_ports
+    lines = [json.loads(line) for line in reqlog.read_text().splitlines()]
+    prefill = [x for x in lines if x["body"].get("kv_transfer_params", {}).get("do_remote_decode")]
+    decode = [x for x in lines if x["body"].get("kv_transfer_params", {}).get("do_remote_prefill")]
+    assert len(prefill) == len(decode) == 4
+    assert {x["request_id"] for x in prefill} == {x["request_id"] for x in decode}
+    assert {x["body"]["kv_transfer_params"]["remote_port"] for x in decode} <= {int(p) for p in ports}
+    fp = fake_target.fingerprint()["launches"]["pd"]
+    assert fp["pd/prefill"]["kv_connector"] == "NixlConnector" and fp["pd/decode"]["kv_role"] == "kv_both"
+    assert fp["pd/prefill"]["pd_proxy_mode"] == "kv-params" and fp["pd/prefill"]["kv_connector_source"] == "launch.kv_connector"
+    assert command.NIXL_PORT_ENV not in fp["pd/prefill"]["env"]  # chosen per run: kept out of fingerprints
+
+
+def test_target_auto_connector_follows_the_device_and_users_config_wins(tmp_path):
+    gpu = VllmTarget(report_dir=tmp_path / "g", python=sys.executable, shim=FAKE, start_timeout_s=60, stop_grace_s=5,
+                     device="gpu")
+    cpu = VllmTarget(report_dir=tmp_path / "c", python=sys.executable, shim=FAKE, start_timeout_s=60, stop_grace_s=5,
+                     device="cpu")
+    own = '{"kv_connector":"ExampleConnector","kv_role":"kv_both","kv_connector_extra_config":{"shared_storage_path":"%s"}}'
+    try:
+        suite = parse_suite(_nixl_suite({}), "fake.yaml")
+        (point,) = expand(suite)
+        gpu.run(point, suite, RunOptions(request_timeout_s=10))
+        assert gpu._running is not None and gpu._running.connector is not None
+        assert gpu._running.connector.name == "NixlConnector" and gpu._running.connector.source == "auto"
+        cpu.run(point, suite, RunOptions(request_timeout_s=10))
+        assert cpu._running is not None and cpu._running.connector is not None
+        assert cpu._running.connector.name == "ExampleConnector" and cpu._running.pd.mode == "resend"
+        mine = parse_suite(_nixl_suite({"args": ["--kv-transfer-config", own % (tmp_path / "kv")]}, "pd-own"), "fake.yaml")
+        (point,) = expand(mine)
+        gpu.run(point, mine, RunOptions(request_timeout_s=10))
+        running = gpu._running
+        assert running is not None and running.connector is not None and running.connector.source == "launch.args"
+        kv = json.loads(running.servers["decode0"].argv[running.servers["decode0"].argv.index("--kv-transfer-config") + 1])
+        assert kv["kv_role"] == "kv_both" and kv["kv_connector_extra_config"]["shared_storage_path"] == str(tmp_path / "kv")
+        assert command.NIXL_PORT_ENV not in running.servers["decode0"].env  # not a NIXL connector
+    finally:
+        gpu.close()
+        cpu.close()
+
+
+# -- fingerprint parsing on real tool output ---------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "vllm" / "fixtures"
+
+
+def _fixture(name: str):
+    return fingerprint.parse_json_lenient((FIXTURES / name).read_text())
+
+
+def test_fingerprint_fixtures_amd_smi_static_shapes():
+    new = fingerprint.summarize_amd_smi(_fixture("amd-smi-static-gpu_data-rx7800xt.txt"))  # banner + gpu_data
+    assert new == {"gpu_count": 1, "gpu_source": "amd-smi", "gpu_model": "AMD Radeon RX 7800 XT"}  # no driver block
+    old = fingerprint.summarize_amd_smi(_fixture("amd-smi-static-list-mi350x.json"))
+    assert old == {"gpu_count": 1, "gpu_source": "amd-smi", "gpu_model": "AMD Instinct MI350X", "gpu_driver": "6.18.3"}
+    clock = fingerprint.summarize_amd_smi(_fixture("amd-smi-static-clock-list-mi355.json"))
+    assert clock == {"gpu_count": 1, "gpu_source": "amd-smi"}  # GPUs counted, nothing else to read
+    na = json.loads((FIXTURES / "amd-smi-static-list-mi350x.json").read_text())
+    na[0]["asic"]["market_name"] = "N/A"
+    na.append({**na[0], "gpu": 1, "asic": {"market_name": {"value": "AMD Instinct MI355X", "unit": ""}}})
+    s = fingerprint.summarize_amd_smi({"gpu_data": na})
+    assert s["gpu_count"] == 2 and s["gpu_model"] == ["AMD Instinct MI350 OAM", "AMD Instinct MI355X"]
+
+
+def test_fingerprint_fixtures_amd_smi_version_and_list():
+    assert fingerprint.summarize_amd_smi_version(_fixture("amd-smi-version-26.2.json")) == {
+        "rocm_version": "7.0.2", "amd_smi_version": "26.2.0+021c61fc", "gpu_driver": "6.16.6"}
+    assert fingerprint.summarize_amd_smi_version(_fixture("amd-smi-version-23.4.json")) == {
+        "rocm_version": "6.1.0", "amd_smi_version": "23.4.2+505b858"}
+    assert fingerprint.summarize_amd_smi_list(_fixture("amd-smi-list-mi300x-cpx.json")) == {
+        "gpu_count": 3, "gpu_source": "amd-smi"}
+    usage = _fixture("amd-smi-metric-usage-w7700.json")[0]["usage"]
+    assert fingerprint.scalar(usage["gfx_activity"]) == "42" and fingerprint.scalar(usage["vcn_activity"][1]) is None
+
+
+def test_fingerprint_fixtures_rocm_smi():
+    both = {**_fixture("rocm-smi-productname-mi200.json"), **_fixture("rocm-smi-driverversion.json")}
+    assert fingerprint.summarize_rocm_smi(both) == {"gpu_count": 1, "gpu_source": "rocm-smi",
+                                                    "gpu_model": "AMD INSTINCT MI200 (MCM) OAM LC MBA HPE C2",
+                                                    "gpu_driver": "6.8.5"}
+    assert fingerprint.summarize_rocm_smi(_fixture("rocm-smi-showproduct-780m.json"))["gpu_model"] == "Phoenix3"
+    assert fingerprint.summarize_rocm_smi(_fixture("rocm-smi-driverversion.json")) == {"gpu_driver": "6.8.5"}
+    assert _fixture("rocm-smi-no-json-data.txt") is None
+
+
+@pytest.mark.parametrize("garbage", [None, "", "junk", 3, [], {}, [1, "x"], {"gpu_data": "N/A"}, {"card0": "x"},
+                                     [{"gpu": 0, "asic": "N/A", "driver": ["x"]}], {"system": []}])
+def test_fingerprint_summaries_never_raise(garbage):
+    for fn in (fingerprint.summarize_amd_smi, fingerprint.summarize_amd_smi_list, fingerprint.summarize_amd_smi_version,
+               fingerprint.summarize_rocm_smi):
+        assert isinstance(fn(garbage), dict)
+
+
+def test_parse_json_lenient_on_garbage():
+    assert fingerprint.parse_json_lenient("[WARN] x\n{\"a\": 1}\ntrailing text") == {"a": 1}
+    assert fingerprint.parse_json_lenient("{" * 10_000) is None  # bounded work on garbage
+    assert fingerprint.parse_json_lenient("\x00\xff") is None
+
+
+def _tool(bin_dir: Path, name: str, script: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+
+
+def test_probe_gpus_with_fake_tools(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    if any(shutil.which(t) for t in ("amd-smi", "rocm-smi")):
+        pytest.skip("a real amd-smi/rocm-smi is installed here")
+    no_rocm = str(tmp_path / "no-such-version-file")
+    assert fingerprint.probe_gpus(rocm_version_file=no_rocm) == {"gpu_count": 0}  # no tools at all
+    static, version = FIXTURES / "amd-smi-static-gpu_data-rx7800xt.txt", FIXTURES / "amd-smi-version-26.2.json"
+    _tool(bin_dir, "amd-smi", f'case "$1" in static) cat "{static}";; version) cat "{version}";; *) exit 2;; esac')
+    fp = fingerprint.probe_gpus(rocm_version_file=no_rocm)
+    assert fp == {"gpu_count": 1, "gpu_source": "amd-smi", "gpu_model": "AMD Radeon RX 7800 XT", "rocm_version": "7.0.2",
+                  "amd_smi_version": "26.2.0+021c61fc", "gpu_driver": "6.16.6"}
+    # amd-smi broken (non-zero exit, garbage): rocm-smi answers; ROCm version from the file
+    _tool(bin_dir, "amd-smi", 'echo "ERROR: amdgpu driver not loaded" >&2; exit 1')
+    product, driver = FIXTURES / "rocm-smi-productname-mi200.json", FIXTURES / "rocm-smi-driverversion.json"
+    _tool(bin_dir, "rocm-smi", f'''printf 'WARNING: banner\\n'; python3 -c "import json,sys; a=json.load(open('{product}')); a.update(json.load(open('{driver}'))); print(json.dumps(a))"''')
+    (tmp_path / "version").write_text("6.3.1-48\n")
+    fp = fingerprint.probe_gpus(rocm_version_file=str(tmp_path / "version"))
+    assert fp == {"gpu_count": 1, "gpu_source": "rocm-smi", "gpu_model": "AMD INSTINCT MI200 (MCM) OAM LC MBA HPE C2",
+                  "gpu_driver": "6.8.5", "rocm_version": "6.3.1-48"}
+    _tool(bin_dir, "amd-smi", "echo 'not json at all'")
+    _tool(bin_dir, "rocm-smi", "sleep 5")
+    monkeypatch.setattr(fingerprint, "PROBE_TIMEOUT_S", 0.5)
+    assert fingerprint.probe_gpus(rocm_version_file=no_rocm) == {"gpu_count": 0}  # garbage and a hang: no error

@@ -4,17 +4,33 @@ Nothing here knows about vLLM's flags; ``ServerProcess`` runs an argument list (
 shell), writes stdout and stderr to one log file, waits for ``/health`` while watching
 that the process is still alive, and stops the whole process group (vLLM's API server
 spawns engine and worker processes): SIGTERM, then SIGKILL after a grace period.
+
+Servers must not outlive the launcher, even when it is SIGKILLed (no ``finally``, no
+``atexit`` runs then). Two guards, both on by default:
+
+* a watchdog process per server (``_watchdog.py``, own session) holding the read end of
+  a pipe whose write end only the launcher holds: when the launcher dies the pipe ends
+  and the watchdog stops the server's whole process group, vLLM's engine and worker
+  processes included;
+* ``PR_SET_PDEATHSIG`` (SIGTERM) on the server's top process, set in the child between
+  fork and exec, then ``getppid()`` re-checked to close the race with a parent that died
+  before the call. The signal fires when the *thread* that forked exits, so it is only
+  set when launching from the main thread (which lives as long as the process).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from ..control import TargetUnreachable, wait_healthy
 from ..errors import TargetError
@@ -25,8 +41,90 @@ LOG_TAIL_LINES = 40
 STOP_GRACE_S = 15.0
 
 
+WATCHDOG = Path(__file__).resolve().with_name("_watchdog.py")
+#: Seconds the watchdog waits between SIGTERM and SIGKILL once the launcher is gone.
+WATCHDOG_GRACE_S = 5.0
+PR_SET_PDEATHSIG = 1
+
+
 class LaunchError(TargetError):
     """A server could not be started; the message carries the tail of its log."""
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` with its argument types fixed (resolved here, never in a forked child)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn: Any = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_PRCTL = _load_prctl()
+
+
+def parent_death_preexec(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``sig`` when this process dies, or None.
+
+    None off Linux, and when called from a thread other than the main thread:
+    PR_SET_PDEATHSIG fires when the forking *thread* exits, which for a worker thread
+    would kill a healthy server. Works with ``start_new_session`` (setsid runs first).
+    The function does no allocation-heavy work: it runs between fork and exec.
+    """
+    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl, parent, signum = _PRCTL, os.getpid(), int(sig)
+
+    def _preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signum)
+
+    return _preexec
+
+
+class Watchdog:
+    """The ``_watchdog.py`` process guarding one process group (see the module docs)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pipe_w: int) -> None:
+        self.proc = proc
+        self._w: int | None = pipe_w
+
+    @classmethod
+    def start(cls, pgid: int, log: IO[bytes] | int | None = None,
+              grace_s: float = WATCHDOG_GRACE_S) -> "Watchdog | None":
+        """Start guarding ``pgid``; None when the watchdog cannot be started (logged by the caller)."""
+        r, w = os.pipe()  # both ends non-inheritable: only the watchdog's stdin gets r
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", str(WATCHDOG), str(pgid), str(grace_s), str(os.getpid())],
+                stdin=r, stdout=log if log is not None else subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(w)
+            return None
+        finally:
+            os.close(r)
+        return cls(proc, w)
+
+    def disarm(self, timeout_s: float = 5.0) -> None:
+        """The launcher stopped the group itself: let the watchdog exit; reap it."""
+        if self._w is not None:
+            try:
+                os.write(self._w, b"disarm\n")
+            except OSError:  # it exited already (group gone)
+                pass
+            os.close(self._w)
+            self._w = None
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -103,7 +201,7 @@ class ServerProcess:
     """One server: ``start()``, ``wait_healthy()``, ``stop()``; ``url`` is its base URL."""
 
     def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path | str,
-                 host: str = "127.0.0.1", port: int, cwd: str | None = None) -> None:
+                 host: str = "127.0.0.1", port: int, cwd: str | None = None, orphan_guard: bool = True) -> None:
         if not argv:
             raise ValueError("empty command line")
         self.name = name
@@ -113,7 +211,9 @@ class ServerProcess:
         self.host = host
         self.port = port
         self.cwd = cwd
+        self.orphan_guard = orphan_guard
         self.proc: subprocess.Popen[bytes] | None = None
+        self.watchdog: Watchdog | None = None
         self.returncode: int | None = None
 
     @property
@@ -140,9 +240,14 @@ class ServerProcess:
                     cwd=self.cwd,
                     start_new_session=True,  # own session and process group: killpg reaches workers
                     close_fds=True,
+                    preexec_fn=parent_death_preexec() if self.orphan_guard else None,
                 )
             except OSError as exc:
                 raise LaunchError(f"{self.name}: cannot start {self.argv[0]!r}: {exc.strerror or exc}") from None
+            if self.orphan_guard:
+                self.watchdog = Watchdog.start(self.proc.pid, log)
+                if self.watchdog is None:
+                    log.write(b"# pdslo: could not start the orphan watchdog; the server may outlive a killed launcher\n")
         return self
 
     def poll(self) -> int | None:
@@ -191,6 +296,9 @@ class ServerProcess:
         proc, self.proc = self.proc, None
         code = kill_group(proc.pid, grace_s, proc=proc)
         self.returncode = code if code is not None else proc.returncode
+        watchdog, self.watchdog = self.watchdog, None
+        if watchdog is not None:
+            watchdog.disarm()  # after the group is gone: a launcher killed mid-stop stays covered
         return self.returncode
 
     def __enter__(self) -> "ServerProcess":
@@ -198,3 +306,28 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_port_block(count: int = 1, host: str = "127.0.0.1", avoid: set[int] | frozenset[int] = frozenset(),
+                    tries: int = 200) -> int:
+    """The first of ``count`` consecutive TCP ports that were free a moment ago, none in ``avoid``.
+
+    For listeners a server opens itself on PORT + k (vLLM's NIXL side channel: one per
+    data-parallel rank).
+    """
+    for _ in range(tries):
+        base = free_port(host)
+        if base + count > 65536 or any(p in avoid for p in range(base, base + count)):
+            continue
+        if all(not _bound(p, host) for p in range(base + 1, base + count)):
+            return base
+    raise LaunchError(f"no block of {count} free TCP ports found on {host}")
+
+
+def _bound(port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -1,11 +1,22 @@
 """A small prefill/decode proxy on loopback (vLLM's CPU wheel ships none).
 
 For each ``/v1/completions`` or ``/v1/chat/completions`` request: send the same request
-to a prefill instance with ``max_tokens=1`` and no streaming (the prefill instance
-computes the prompt's KV and its connector hands it over — ExampleConnector writes it to
-a shared directory keyed by the prompt's tokens), then send the original request to a
+to a prefill instance with ``max_tokens=1`` and no streaming, then send the request to a
 decode instance and stream its response back unchanged. The client's TTFT therefore
-includes prefill, the KV transfer and the first decode step, as in real P/D.
+includes prefill, the KV transfer and the first decode step, as in real P/D. Both
+requests carry the same ``X-Request-Id`` (the client's, else a fresh one). Two modes,
+by connector:
+
+* ``resend`` (ExampleConnector and other shared-storage connectors): the prefill
+  instance's connector stores the prompt's KV keyed by its tokens (ExampleConnector: a
+  shared directory); the decode instance gets the original request and finds it there.
+* ``kv-params`` (NixlConnector and others speaking vLLM's ``kv_transfer_params``
+  protocol, as vLLM's toy P/D proxy does): the prefill request carries
+  ``kv_transfer_params = {do_remote_decode: true, do_remote_prefill: false,
+  remote_engine_id/remote_block_ids/remote_host/remote_port: null}``; the prefill
+  response's ``kv_transfer_params`` (where its KV blocks are) go into the decode request,
+  whose engine then pulls the blocks. A prefill response without them (the instance runs
+  no such connector) leaves the decode request as sent, and is counted.
 
 Instances are picked round-robin when there are several; with no prefill URLs the proxy is
 a plain round-robin balancer (aggregated replicas). ``/health`` answers 200 only
@@ -20,6 +31,7 @@ import itertools
 import json
 import socket
 import threading
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,24 +41,53 @@ from aiohttp import web
 #: Hop-by-hop headers not copied between the two connections.
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
 
+MODES = ("resend", "kv-params")
 
-def prefill_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The request for the prefill instance: one token, not streamed."""
-    out = {k: v for k, v in body.items() if k not in ("stream_options", "min_tokens")}
+#: What the prefill request says in ``kv-params`` mode: "decode happens elsewhere; keep the
+#: KV blocks and tell me where they are" (the fields vLLM's NixlConnector reads).
+REMOTE_DECODE_PARAMS: dict[str, Any] = {
+    "do_remote_decode": True,
+    "do_remote_prefill": False,
+    "remote_engine_id": None,
+    "remote_block_ids": None,
+    "remote_host": None,
+    "remote_port": None,
+}
+
+
+def prefill_body(body: dict[str, Any], mode: str = "resend") -> dict[str, Any]:
+    """The request for the prefill instance: one token, not streamed (min tokens dropped:
+    they would contradict ``max_tokens=1``); in ``kv-params`` mode it asks for remote decode."""
+    out = {k: v for k, v in body.items()
+           if k not in ("stream_options", "min_tokens", "min_completion_tokens", "kv_transfer_params")}
     out["stream"] = False
     if "max_completion_tokens" in out:
         out["max_completion_tokens"] = 1
     out["max_tokens"] = 1
+    if mode == "kv-params":
+        out["kv_transfer_params"] = dict(REMOTE_DECODE_PARAMS)
     return out
+
+
+def decode_body(body: dict[str, Any], prefill_response: Any) -> dict[str, Any] | None:
+    """The decode request in ``kv-params`` mode: the original with the prefill instance's
+    ``kv_transfer_params``; None when the prefill response has none (send the original)."""
+    params = prefill_response.get("kv_transfer_params") if isinstance(prefill_response, dict) else None
+    if not params:
+        return None
+    return {**body, "kv_transfer_params": params}
 
 
 class PDProxy:
     """The proxy as an aiohttp app; ``BackgroundProxy`` runs it in a thread."""
 
     def __init__(self, prefill_urls: Sequence[str], decode_urls: Sequence[str], *,
-                 timeout_s: float = 3600.0) -> None:
+                 mode: str = "resend", timeout_s: float = 3600.0) -> None:
         if not decode_urls:
             raise ValueError("the proxy needs at least one decode (or aggregated) instance URL")
+        if mode not in MODES:
+            raise ValueError(f"unknown proxy mode {mode!r}; known: {', '.join(MODES)}")
+        self.mode = mode
         self.prefill_urls = [u.rstrip("/") for u in prefill_urls]
         self.decode_urls = [u.rstrip("/") for u in decode_urls]
         self._p = itertools.cycle(self.prefill_urls) if self.prefill_urls else None
@@ -55,6 +96,8 @@ class PDProxy:
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0
         self.prefill_failures = 0
+        #: kv-params mode: prefill responses without kv_transfer_params (decode computed the prompt)
+        self.kv_params_missing = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -96,11 +139,19 @@ class PDProxy:
             return web.json_response({"error": {"message": f"proxy: invalid JSON body: {exc}"}}, status=400)
         headers = self._headers(request)
         headers["Content-Type"] = "application/json"
+        if self._p is not None and not any(k.lower() == "x-request-id" for k in headers):
+            headers["X-Request-Id"] = f"pdslo-{uuid.uuid4().hex}"
         path = request.path
         if self._p is not None:
-            failed = await self._prefill(next(self._p) + path, body, headers)
-            if failed is not None:
-                return failed
+            outcome = await self._prefill(next(self._p) + path, body, headers)
+            if isinstance(outcome, web.Response):
+                return outcome
+            if self.mode == "kv-params":
+                decode = decode_body(body, outcome)
+                if decode is None:
+                    self.kv_params_missing += 1
+                else:
+                    raw = json.dumps(decode).encode()
         d_url = next(self._d) + path
         out: web.StreamResponse | None = None
         try:
@@ -120,10 +171,11 @@ class PDProxy:
             return web.json_response({"error": {"message": f"proxy: serving instance failed: {type(exc).__name__}: {exc}"}},
                                      status=502)
 
-    async def _prefill(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> web.Response | None:
-        """Run the prefill step; a response to hand back when it failed, else None."""
+    async def _prefill(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> web.Response | Any:
+        """Run the prefill step: a response to hand back when it failed, else its parsed JSON
+        body (None when it is not JSON; only ``kv-params`` mode needs it)."""
         try:
-            async with self.session.post(url, data=json.dumps(prefill_body(body)), headers=headers) as resp:
+            async with self.session.post(url, data=json.dumps(prefill_body(body, self.mode)), headers=headers) as resp:
                 text = await resp.read()
                 if resp.status >= 400:
                     self.prefill_failures += 1
@@ -132,7 +184,12 @@ class PDProxy:
             self.prefill_failures += 1
             return web.json_response({"error": {"message": f"proxy: prefill instance failed: {type(exc).__name__}: {exc}"}},
                                      status=502)
-        return None
+        if self.mode != "kv-params":
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
 
     async def _health(self, request: web.Request) -> web.Response:
         for url in self.prefill_urls + self.decode_urls:

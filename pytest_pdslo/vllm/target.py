@@ -11,9 +11,14 @@ Which servers a point needs (its *key*): the phase decides.
 * decode (any mode): the decode role's replicas with the DecodeBenchConnector, verified
   decode-only from ``/metrics`` (``prompt_tokens_by_source_total``); if not verified, the
   result carries the note "decode contaminated by prefill".
-* disaggregated, prefill or serving: x prefill (``kv_producer``) and y decode
-  (``kv_consumer``) instances with ExampleConnector on a shared temp dir, behind our
-  ``PDProxy``; prefill items go straight to the prefill instances, serving items to the proxy.
+* disaggregated, prefill or serving: x prefill and y decode instances with a KV connector,
+  behind our ``PDProxy``; prefill items go straight to the prefill instances, serving items
+  to the proxy. The connector: the launch's own ``--kv-transfer-config`` when it names one
+  (kept as written; ``kv_role`` filled in per role only if missing), else
+  ``launch.kv_connector`` — ``auto`` is NixlConnector (``kv_both``, proxy in
+  ``kv_transfer_params`` mode, ``VLLM_NIXL_SIDE_CHANNEL_HOST/PORT`` distinct per instance)
+  when vLLM runs on GPUs and ExampleConnector (``kv_producer``/``kv_consumer`` on a shared
+  temp dir, proxy resends the prompt) on CPU.
 
 Several instances of a role sit behind a round-robin ``PDProxy`` without a prefill step,
 and their ``/metrics`` are summed. On GPUs each instance gets its own ``tp`` devices
@@ -54,21 +59,27 @@ from ..targets import HttpTarget, RunOptions, RunOutcome, Target
 from . import metrics as vm
 from .command import (
     GPU_VISIBILITY_VARS,
+    NIXL_HOST_ENV,
+    NIXL_PORT_ENV,
     InstancePlan,
+    PDConnector,
     ServeSpec,
     argv_for,
     assign_devices,
+    data_parallel_size,
     device_kind,
     env_for,
     gpu_visibility_var,
     host_from_args,
+    nixl_side_channels,
+    pd_connector,
     plan_instances,
     port_from_args,
     redact_env,
     vllm_python,
 )
 from .fingerprint import host_fingerprint, relevant_env
-from .process import LaunchError, ServerProcess, free_port, port_in_use
+from .process import LaunchError, ServerProcess, free_port, free_port_block, port_in_use
 from .proxy import BackgroundProxy, PDProxy
 
 log = logging.getLogger("pytest_pdslo.vllm")
@@ -96,6 +107,8 @@ class _Running:
     fronts: dict[str, str] = field(default_factory=dict)  # what items talk to: "main", and "prefill" for P/D
     proxies: list[BackgroundProxy] = field(default_factory=list)
     kv_dir: str | None = None
+    connector: PDConnector | None = None  # P/D layouts
+    pd: PDProxy | None = None  # the P/D proxy (its counters feed the diagnostics)
 
     def dead(self) -> ServerProcess | None:
         for s in self.servers.values():
@@ -201,9 +214,16 @@ class VllmTarget(Target):
         running = self._ensure(point, suite)
         url = running.url_for(point)
         before = {role: vm.scrape_all(urls) for role, urls in running.groups.items()}
+        missing_before = running.pd.kv_params_missing if running.pd else 0
         self._http.current = url
         outcome = self._http.run(point, suite, options)
         after = {role: vm.scrape_all(urls) for role, urls in running.groups.items()}
+        if running.pd is not None and running.pd.mode == "kv-params" and url == running.fronts.get("main"):
+            missing = running.pd.kv_params_missing - missing_before
+            outcome.diagnostics["pd_kv_params_missing"] = missing
+            if missing:
+                outcome.notes.append(f"P/D: {missing} prefill response(s) carried no kv_transfer_params; the decode "
+                                     f"instance computed those prompts itself ({running.connector.name if running.connector else '?'})")
         outcome.simulated = False
         outcome.notes = [n for n in outcome.notes if not n.startswith(CONTAMINATED)]
         self._cross_check(point, running, url, outcome, before, after)
@@ -290,20 +310,38 @@ class VllmTarget(Target):
         try:
             if key.layout == "pd":
                 running.kv_dir = tempfile.mkdtemp(prefix="pdslo-kv-")
-            plans = plan_instances(key.layout, dep.instances, running.kv_dir)
+                try:
+                    running.connector = pd_connector(args, launch.kv_connector if launch else "auto", self.device,
+                                                     running.kv_dir)
+                except ValueError as exc:
+                    raise TargetError(f"deployment {point.deployment_name!r}: launch: {exc}") from None
+            plans = plan_instances(key.layout, dep.instances, running.kv_dir, running.connector)
             if fixed_port is not None and len(plans) > 1:
                 raise TargetError(f"deployment {point.deployment_name!r}: launch.args fix --port {fixed_port}, but "
                                   f"{len(plans)} instances are needed (replicas or P/D); drop --port")
             devices = self._devices(plans, env, point.deployment_name)
+            side_channels: list[dict[str, str]] = [{} for _ in plans]
+            taken: set[int] = set()
+            if running.connector is not None and running.connector.nixl:
+                try:
+                    side_channels = nixl_side_channels(
+                        len(plans), env, host, data_parallel_size(args),
+                        lambda n, used: free_port_block(n, avoid=used | taken))
+                except ValueError as exc:
+                    raise TargetError(f"deployment {point.deployment_name!r}: launch.{exc}") from None
+                for side in side_channels:
+                    base = int(side[NIXL_PORT_ENV])
+                    taken.update(range(base, base + data_parallel_size(args)))
             self._counter += 1
             specs: dict[str, ServeSpec] = {}
-            for plan, visible in zip(plans, devices):
+            for plan, visible, side in zip(plans, devices, side_channels):
                 inst_env = dict(env)
+                inst_env.update(side)
                 if visible is not None:
                     inst_env[gpu_visibility_var()] = visible
                 port = fixed_port or free_port()
-                while fixed_port is None and port in {sp.port for sp in specs.values()}:
-                    port = free_port()  # two instances must not draw the same port
+                while fixed_port is None and (port in {sp.port for sp in specs.values()} or port in taken):
+                    port = free_port()  # two instances (or a side channel) must not draw the same port
                 spec = ServeSpec(model=model, served_name=suite.model, port=port, host=host,
                                  tp=plan.tp, args=args, env=inst_env, kv_transfer=plan.kv_transfer, device=self.device)
                 check_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -328,7 +366,9 @@ class VllmTarget(Target):
                 running.groups.setdefault(plan.role, []).append(server.url)
                 self._http.forget(server.url)
             if key.layout == "pd":
-                pd = BackgroundProxy(PDProxy(running.groups["prefill"], running.groups["decode"])).start()
+                assert running.connector is not None
+                running.pd = PDProxy(running.groups["prefill"], running.groups["decode"], mode=running.connector.protocol)
+                pd = BackgroundProxy(running.pd).start()
                 running.proxies.append(pd)
                 running.fronts["main"] = pd.url
                 running.fronts["prefill"] = self._balanced(running, running.groups["prefill"])
@@ -340,7 +380,7 @@ class VllmTarget(Target):
         except BaseException:
             self._teardown(running)
             raise
-        self._record_launch(point.deployment_name, key, model, plans, specs, running)
+        self._record_launch(point.deployment_name, key, model, plans, specs, running, env)
         return running
 
     def _balanced(self, running: _Running, urls: list[str]) -> str:
@@ -369,7 +409,7 @@ class VllmTarget(Target):
             raise TargetError(f"deployment {deployment!r}: {exc}") from None
 
     def _record_launch(self, deployment: str, key: LaunchKey, model: str, plans: list[InstancePlan],
-                       specs: dict[str, ServeSpec], running: _Running) -> None:
+                       specs: dict[str, ServeSpec], running: _Running, launch_env: dict[str, str]) -> None:
         from ..control import get_version
 
         if self._version is None:
@@ -382,6 +422,9 @@ class VllmTarget(Target):
             server = running.servers[plan.name]
             kv = dict(spec.kv_transfer or {})
             env = dict(spec.env) | {k: v for k, v in server.env.items() if k.startswith("VLLM_")}
+            for managed in (NIXL_PORT_ENV, NIXL_HOST_ENV):  # chosen per run: would make fingerprints differ
+                if managed not in launch_env:
+                    env.pop(managed, None)
             entry[f"{key.layout}/{plan.role}"] = {
                 # the launch's own args: ports and temp dirs we chose would make fingerprints differ per run
                 "args": list(spec.args),
@@ -389,6 +432,8 @@ class VllmTarget(Target):
                 "replicas": sum(1 for p in plans if p.role == plan.role),
                 "kv_connector": kv.get("kv_connector"),
                 "kv_role": kv.get("kv_role"),
+                **({"kv_connector_source": running.connector.source, "pd_proxy_mode": running.connector.protocol}
+                   if running.connector is not None else {}),
                 "env": relevant_env(redact_env({k: v for k, v in env.items() if k not in GPU_VISIBILITY_VARS})),
             }
 
@@ -412,8 +457,12 @@ class VllmTarget(Target):
                 if transferred is not None:
                     diag["pd_kv_transfer_verified"] = transferred > 0
                     if transferred <= 0:
-                        notes.append("P/D: the decode instance computed the prompts itself, no KV arrived from prefill "
-                                     "(ExampleConnector moves whole KV blocks only: prompts shorter than a block stay local)")
+                        name = running.connector.name if running.connector else "the connector"
+                        why = ("ExampleConnector moves whole KV blocks only: prompts shorter than a block stay local"
+                               if name == "ExampleConnector" else
+                               f"check {name} in the server logs: NIXL needs UCX/RDMA between the instances")
+                        notes.append(f"P/D: the decode instance computed the prompts itself, no KV arrived from prefill "
+                                     f"({why})")
             p_e2e = diag.get("server_prefill_mean_e2el_ms")
             d_ttft = diag.get("server_decode_mean_ttft_ms")
             if p_e2e is not None and d_ttft is not None:

@@ -7,6 +7,17 @@ vLLM: ``/health``, ``/v1/models``, ``/version``, streaming ``/v1/completions`` w
 tokens by source; with the DecodeBenchConnector all prompt tokens but the last count as
 ``external_kv_transfer``). Model ``bad`` exits at once with an error, like vLLM does for a
 path that does not exist; ``--die-after-request`` exits (code 3) after its first completion.
+
+``--spawn-child PIDFILE`` starts a long-lived child process in the server's process group
+(standing in for vLLM's EngineCore) and writes its pid to PIDFILE, for orphan tests.
+
+KV connectors as the proxy sees them: a non-streamed request answers with one JSON body.
+With a ``NixlConnector``-family config, a prefill request carrying
+``kv_transfer_params.do_remote_decode`` gets ``kv_transfer_params`` back (engine id, block
+ids, side-channel host/port from ``VLLM_NIXL_SIDE_CHANNEL_*``), and a decode request whose
+``kv_transfer_params`` say ``do_remote_prefill`` with a known remote engine counts its
+prompt as ``external_kv_transfer``. Every request body and the ``X-Request-Id`` header are
+appended to ``$FAKE_VLLM_REQUEST_LOG`` (JSON lines) when set.
 """
 
 from __future__ import annotations
@@ -14,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
+import uuid
 
 from aiohttp import web
 
@@ -41,8 +54,17 @@ def main(argv: list[str]) -> int:
         return 1
     delay = float(opts.get("--start-delay", "0"))
     time.sleep(delay)
+    if "--spawn-child" in opts:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open(opts["--spawn-child"], "w") as f:
+            f.write(str(child.pid))
     kv = json.loads(opts.get("--kv-transfer-config", "{}"))
     decode_bench = kv.get("kv_connector") == "DecodeBenchConnector"
+    nixl = str(kv.get("kv_connector", "")).startswith("Nixl")
+    engine_id = f"fake-engine-{uuid.uuid4().hex[:8]}"
+    request_log = os.environ.get("FAKE_VLLM_REQUEST_LOG")
+    print(f"fake vllm: kv {kv} side channel {os.environ.get('VLLM_NIXL_SIDE_CHANNEL_HOST')}:"
+          f"{os.environ.get('VLLM_NIXL_SIDE_CHANNEL_PORT')} engine {engine_id}", flush=True)
     stats = {"ttft_sum": 0.0, "ttft_count": 0, "local": 0, "external": 0, "gen": 0}
     name = opts.get("--served-model-name", model)
 
@@ -58,13 +80,32 @@ def main(argv: list[str]) -> int:
     async def completions(request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
         body = await request.json()
+        if request_log:
+            with open(request_log, "a") as f:
+                f.write(json.dumps({"port": int(opts["--port"]), "engine": engine_id, "body": body,
+                                    "request_id": request.headers.get("X-Request-Id")}) + "\n")
         n = int(body.get("max_tokens") or 16)
         prompt_tokens = len(str(body.get("prompt", "")).split())
-        if decode_bench:
+        params = body.get("kv_transfer_params") or {}
+        if decode_bench or (nixl and params.get("do_remote_prefill") and params.get("remote_engine_id")):
             stats["external"] += max(0, prompt_tokens - 1)
             stats["local"] += min(1, prompt_tokens)
         else:
             stats["local"] += prompt_tokens
+        if not body.get("stream"):
+            stats["ttft_sum"] += time.perf_counter() - t0
+            stats["ttft_count"] += 1
+            stats["gen"] += n
+            out: dict = {"id": "cmpl-fake", "object": "text_completion", "model": name,
+                         "choices": [{"index": 0, "text": "x" * n, "finish_reason": "length"}],
+                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n}}
+            if nixl and params.get("do_remote_decode"):
+                out["kv_transfer_params"] = {
+                    "do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": [[1, 2]],
+                    "remote_engine_id": engine_id, "remote_request_id": request.headers.get("X-Request-Id"),
+                    "remote_host": os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST", "localhost"),
+                    "remote_port": int(os.environ.get("VLLM_NIXL_SIDE_CHANNEL_PORT", "5600")), "tp_size": 1}
+            return web.json_response(out)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for k in range(n):

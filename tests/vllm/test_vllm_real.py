@@ -216,6 +216,10 @@ def test_fingerprint_and_cleanup(runs):
     assert fp["host"]["gpu_count"] == 0
     assert fp["launches"]["agg"]["decode-bench/aggregated"]["kv_connector"] == "DecodeBenchConnector"
     assert fp["launches"]["pd"]["pd/decode"]["kv_role"] == "kv_consumer"
+    # on CPU, kv_connector: auto is ExampleConnector and the proxy resends the prompt
+    assert fp["launches"]["pd"]["pd/prefill"]["kv_connector"] == "ExampleConnector"
+    assert fp["launches"]["pd"]["pd/prefill"]["kv_connector_source"] == "auto"
+    assert fp["launches"]["pd"]["pd/prefill"]["pd_proxy_mode"] == "resend"
     logs = list((runs["root"] / "report" / "vllm-logs").glob("*.log"))
     assert len(logs) == 8  # bad, agg, agg+DecodeBench, agg again, 2 x agg2, prefill, decode
     assert fp["launches"]["agg2"]["aggregated/aggregated"]["replicas"] == 2

@@ -8,11 +8,16 @@ collects it.) What is measured, per call:
 
 - ``sse_*``: the SSE parser on one network read (one event: the fast path; a read
   with several CRLF events: the general path);
-- ``fast_token_count`` vs ``full_json_event``: a vLLM token chunk read with a few
-  ``bytes.find`` calls vs parsed with ``json.loads`` (what every chunk cost before);
+- ``fast_token_count`` vs ``shape_count`` vs ``full_json_event``: a vLLM token chunk
+  read with a few ``bytes.find`` calls, with fewer once the stream's shape is known
+  (``_Shape.count``), vs parsed with ``json.loads`` (what every chunk cost before);
 - ``chunk_*``: one network read through the whole lean path, HTTP chunked framing
   to the record (``data_received`` of the connection: the per-chunk CPU cost of the
-  load generator, short of the kernel's read); one read or eight coalesced;
+  load generator, short of the kernel's read); one read or eight coalesced, taken
+  raw by ``_Sink.on_chunks``, or through the chunked decoder and the SSE parser
+  (``decoder``: what a read costs when it is not a whole plain chunk);
+- ``minimal_client_read``: the same read in the fidelity harness's minimal client
+  (timestamp, count the events, nothing else): the floor to compare with;
 - ``metrics_*``: per-request values and the full summary of 2,560 records of 128
   chunks (a run at concurrency 256 with 10x requests).
 
@@ -34,12 +39,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "client_fidelity"))
 
-from pytest_pdslo.client import COMPLETIONS, _handle_event, _Sink, fast_token_count  # noqa: E402
+from pytest_pdslo.client import (COMPLETIONS, _handle_event, _Shape, _Sink,  # noqa: E402
+                                 fast_token_count)
 from pytest_pdslo.leanhttp import _CHUNK_SIZE, Pool, Connection  # noqa: E402
 from pytest_pdslo.metrics import per_request_values, summarize  # noqa: E402
 from pytest_pdslo.records import RequestRecord  # noqa: E402
 from pytest_pdslo.sse import SSEParser  # noqa: E402
 
+import minimal_client  # noqa: E402
 import schedule_server  # noqa: E402
 
 VLLM_CHUNK = (b'{"id":"cmpl-0123456789abcdef0123456789abcdef","object":"text_completion",'
@@ -65,6 +72,12 @@ def test_sse_several_crlf_events(benchmark: Any) -> None:
 
 def test_fast_token_count(benchmark: Any) -> None:
     assert benchmark(fast_token_count, VLLM_CHUNK) == 1
+
+
+def test_shape_count(benchmark: Any) -> None:
+    shape = _Shape()
+    shape.count(VLLM_CHUNK.replace(b"[279]", b"[13]"))  # the stream's previous chunk
+    assert benchmark(shape.count, VLLM_CHUNK) == 1
 
 
 def test_full_json_event(benchmark: Any) -> None:
@@ -94,10 +107,21 @@ def connection() -> Iterator[tuple[Connection, RequestRecord]]:
     loop.close()
 
 
+class _DecoderSink(_Sink):
+    def on_chunks(self, data: bytes, now: float) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("path", ["raw", "decoder"])
 @pytest.mark.parametrize("coalesced", [1, 8], ids=["one-read", "eight-in-one-read"])
-def test_chunk_through_the_lean_path(benchmark: Any, connection: Any, coalesced: int) -> None:
+def test_chunk_through_the_lean_path(benchmark: Any, connection: Any, coalesced: int,
+                                     path: str) -> None:
     conn, record = connection
+    if path == "decoder":
+        conn.sink = _DecoderSink(record, COMPLETIONS.has_text, conn.sink.future)
+        conn.sink.reading = True
     read = schedule_server._chunk(5, False, True) * coalesced
+    conn.data_received(read)  # the first read of a stream: the parser starts, the shape is learned
 
     def one() -> None:
         conn.data_received(read)
@@ -107,6 +131,20 @@ def test_chunk_through_the_lean_path(benchmark: Any, connection: Any, coalesced:
 
     benchmark(one)
     assert record.chunk_tokens[-1] == 1 and conn.sink is not None
+
+
+def test_minimal_client_read(benchmark: Any) -> None:
+    conn = minimal_client._Conn()
+    conn.head = False
+    read = schedule_server._chunk(5, False, True)
+
+    def one() -> None:
+        conn.data_received(read)
+        if len(conn.times) > 100_000:
+            conn.times.clear()
+
+    benchmark(one)
+    assert conn.times
 
 
 def _records(n: int = 2560, chunks: int = 128) -> list[RequestRecord]:

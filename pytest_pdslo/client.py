@@ -32,7 +32,7 @@ from pytest_pdslo.control import normalize_base_url
 from pytest_pdslo.leanhttp import BodySink, Connection, HTTPError, Origin, Pool, build_request
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.redact import redact, redact_url, url_secrets
-from pytest_pdslo.sse import DONE, SSEError, SSEParser
+from pytest_pdslo.sse import DONE, MAX_EVENT_BYTES, SSEError, SSEParser
 from pytest_pdslo.workload import RequestSpec
 
 STREAM_CUT = "stream ended before [DONE]"
@@ -186,6 +186,27 @@ _PLAIN_TAIL = re.compile(rb'\](?:, ?"(?!error")\w+": ?null)*\}\]'
                          rb'(?:, ?"(?!error")\w+": ?null)*\}').fullmatch
 
 
+def _plain(payload: bytes) -> tuple[int, int, int]:
+    """``fast_token_count``'s reading: (tokens, end of the ``"choices":`` key, start of the
+    tail after the ``token_ids`` list); tokens 0 when the chunk is not a plain one."""
+    i = payload.find(_TOKEN_IDS)
+    if i < 0:
+        return 0, 0, 0
+    j = i + 12
+    if payload[j:j + 1] == b" ":
+        j += 1
+    k = payload.find(b"]", j)
+    inner = payload[j + 1:k]
+    if (payload[j:j + 1] != b"[" or k < 0 or not _PLAIN_TAIL(payload, k)
+            or not inner.strip() or inner.translate(None, _NOT_INTS)
+            or payload[:1] != b"{"):
+        return 0, 0, 0
+    c = payload.find(b'"choices":', 0, i)
+    if c < 0 or payload.find(b'"error"', 0, c) >= 0 or payload.find(b'"usage"', 0, c) >= 0:
+        return 0, 0, 0
+    return inner.count(b",") + 1, c + 10, k
+
+
 def fast_token_count(payload: bytes) -> int:
     """Tokens in a plain token chunk, read without a JSON parse; 0: parse it in full.
 
@@ -198,39 +219,83 @@ def fast_token_count(payload: bytes) -> int:
     shapes) returns 0 and goes through ``_handle_event``: the fast path changes the
     cost of a chunk, never its meaning.
     """
-    i = payload.find(_TOKEN_IDS)
-    if i < 0:
-        return 0
-    j = i + 12
-    if payload[j:j + 1] == b" ":
-        j += 1
-    k = payload.find(b"]", j)
-    inner = payload[j + 1:k]
-    if (payload[j:j + 1] != b"[" or k < 0 or not _PLAIN_TAIL(payload, k)
-            or not inner.strip() or inner.translate(None, _NOT_INTS)
-            or payload[:1] != b"{"):
-        return 0
-    c = payload.find(b'"choices":', 0, i)
-    if c < 0 or payload.find(b'"error"', 0, c) >= 0 or payload.find(b'"usage"', 0, c) >= 0:
-        return 0
-    return inner.count(b",") + 1
+    return _plain(payload)[0]
+
+
+_CHUNK_SIZES = {v: n for n in range(1, 4096) for v in (b"%x" % n, b"%X" % n)}
+"""HTTP chunk size lines of SSE events (hex, no leading zeros) and their values."""
+
+
+class _Shape:
+    """A stream's plain chunks, recognised by the shape of the last one: ``count`` is
+    ``fast_token_count`` at a third of the cost, and ``_Sink.on_chunks`` reads whole HTTP
+    chunks of them without the chunked decoder and the SSE parser.
+
+    The chunks of one vLLM stream differ only in the middle (text, finish reason, token
+    ids): the head up to the ``"choices":`` key (id, object, created, model) and the
+    tail after the ``token_ids`` list repeat. What ``fast_token_count`` checks there
+    (an object; no ``"error"``/``"usage"`` key before ``choices``; only null-valued keys
+    after the list) holds for any chunk with the same head and tail, so a chunk that
+    starts with the learned head and ends with the learned tail only needs its list
+    checked: its first ``"token_ids":`` key after the head (none can be in the head, or
+    straddle its end: ``"choices":`` and ``"token_ids":`` do not overlap), a list of
+    integers, then the tail. Any other chunk goes to ``fast_token_count``, and a plain
+    one becomes the new shape.
+    """
+
+    __slots__ = ("head", "tail", "cut", "rhead", "rtail", "span")
+
+    def __init__(self) -> None:
+        self.head = self.rhead = b"\xff"  # matches no JSON object: nothing learned yet
+        self.tail = self.rtail = b""
+        self.cut = 1
+        self.span = 0
+
+    def count(self, payload: bytes) -> int:
+        if payload.startswith(self.head) and payload.endswith(self.tail):
+            k = len(payload) - len(self.tail)
+            a = payload.find(_TOKEN_IDS, self.cut, k)
+            if a >= 0:
+                j = a + 12
+                if j < k and payload[j] == 32:
+                    j += 1
+                if j < k and payload[j] == 91:
+                    inner = payload[j + 1:k]
+                    if inner.isdigit():
+                        return 1
+                    if inner.strip() and not inner.translate(None, _NOT_INTS):
+                        return inner.count(b",") + 1
+        n, c, k = _plain(payload)
+        if n:
+            self.head = head = payload[:c]
+            self.tail = tail = payload[k:]
+            self.cut = c
+            if b"\n" in head or b"\r" in head or b"\n" in tail or b"\r" in tail:
+                self.rhead = b"\xff"  # never the case in compact JSON: no raw reads then
+            else:
+                self.rhead = b"\r\ndata: " + head
+                self.rtail = tail + b"\n\n\r\n"
+                self.span = len(self.rhead) + 18
+        return n
 
 
 class _Fill:
     """Turns response body bytes into the record: SSE events, content chunks, usage.
 
     The read time ``now`` is taken by the caller before the bytes get here. A
-    plain token chunk costs a few ``bytes.find`` calls (``fast_token_count``);
+    plain token chunk costs a few ``bytes.find`` calls (``_Shape.count``, which is
+    ``fast_token_count`` made cheaper by the stream's previous chunk);
     every other event gets a full JSON parse.
     """
 
-    __slots__ = ("record", "times", "tokens", "parser", "has_text", "done")
+    __slots__ = ("record", "times", "tokens", "parser", "has_text", "done", "shape")
 
     def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool]) -> None:
         self.record = record
         self.times = record.chunk_times
         self.tokens = record.chunk_tokens
         self.parser = SSEParser()
+        self.shape = _Shape()
         self.has_text = has_text
         self.done = False
 
@@ -240,8 +305,9 @@ class _Fill:
             payloads = self.parser.feed(data)
         except SSEError as exc:
             raise _StreamError(str(exc)) from None
+        count = self.shape.count
         for payload in payloads:
-            n = fast_token_count(payload)
+            n = count(payload)
             if n:
                 self.times.append(now)
                 self.tokens.append(n)
@@ -312,7 +378,8 @@ async def _stream_aiohttp(flavour: _Flavour, session: aiohttp.ClientSession,
 class _Sink(BodySink):
     """One lean request's response: fills the record, resolves ``future`` at the end."""
 
-    __slots__ = ("fill", "record", "future", "error", "reading", "err_body", "timed_out")
+    __slots__ = ("fill", "record", "future", "error", "reading", "err_body", "timed_out",
+                 "clean", "shape", "times", "tokens", "has_text")
 
     def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool],
                  future: asyncio.Future[None]) -> None:
@@ -323,6 +390,11 @@ class _Sink(BodySink):
         self.reading = False
         self.err_body: bytes | None = None
         self.timed_out = False
+        self.clean = False  # the SSE parser holds nothing: a whole event can skip it
+        self.shape = self.fill.shape
+        self.times = record.chunk_times
+        self.tokens = record.chunk_tokens
+        self.has_text = has_text
 
     def on_head(self, status: int, headers: dict[str, str]) -> bool:
         self.record.status = status
@@ -333,6 +405,26 @@ class _Sink(BodySink):
         return True
 
     def on_body(self, data: bytes, now: float) -> bool:
+        if self.clean:
+            # The usual body piece: one whole "data: <payload>\n\n" event of one line, what
+            # the SSE parser would return as [payload]; a plain token chunk costs a few
+            # bytes methods (_Shape), anything else the full parse.
+            n = len(data) - 2
+            if (data.startswith(b"data: ") and data.find(b"\n", 6) == n and data[-1] == 10
+                    and b"\r" not in data and n <= MAX_EVENT_BYTES):
+                payload = data[6:n]
+                k = self.shape.count(payload)
+                if k:
+                    self.times.append(now)
+                    self.tokens.append(k)
+                    return True
+                try:
+                    if _handle_event(payload, self.record, now, self.has_text):
+                        self.fill.done = True
+                except _StreamError as exc:
+                    self._resolve(str(exc))
+                    return False
+                return True
         if self.err_body is not None:  # an error body may never end: its start will do
             self.err_body += data
             self._http_error()
@@ -342,7 +434,68 @@ class _Sink(BodySink):
         except _StreamError as exc:
             self._resolve(str(exc))
             return False
+        self.clean = self.fill.parser.idle
         return True
+
+    def on_chunks(self, data: bytes, now: float) -> int:
+        """Whole HTTP chunks at the start of ``data`` that each hold exactly one SSE event
+        ``data: <payload>\\n\\n`` of a plain chunk of the stream's ``_Shape``: their
+        tokens are appended with ``now``, and the bytes they took returned. What the
+        chunked decoder, an idle ``SSEParser`` and ``fast_token_count`` make of such a
+        chunk, in a few bytes methods: a chunk size line of hex digits only, matching
+        the length; the head and tail (which hold no line break: the framing's and the
+        event's own are in ``rhead`` and ``rtail``) and no line break between them; the
+        token list right before the tail. The first chunk that is anything else ends it."""
+        if not self.clean:
+            return 0
+        shape = self.shape
+        rhead = shape.rhead
+        rtail = shape.rtail
+        span = shape.span
+        lt = len(rtail)
+        lh = len(rhead)
+        pos = 0
+        end = len(data)
+        while True:
+            e = data.find(rhead, pos, pos + span)
+            if e <= pos:
+                return pos
+            line = data[pos:e]
+            size = _CHUNK_SIZES.get(line)
+            if size is None:  # not a short hex number: the long way, as the decoder reads it
+                if not line.isalnum():
+                    return pos
+                try:
+                    size = int(line, 16)
+                except ValueError:
+                    return pos
+                if size + 2 > MAX_EVENT_BYTES:
+                    return pos
+            nxt = e + size + 4
+            k = nxt - lt
+            mid = e + lh
+            if (nxt > end or not data.startswith(rtail, k)
+                    or data.find(b"\n", mid, k) >= 0 or data.find(b"\r", mid, k) >= 0):
+                return pos
+            a = data.find(_TOKEN_IDS, mid, k)
+            if a < 0:
+                return pos
+            j = a + 12
+            if data[j] == 32:
+                j += 1
+            if j >= k or data[j] != 91:
+                return pos
+            inner = data[j + 1:k]
+            if inner.isdigit():
+                self.tokens.append(1)
+            elif inner.strip() and not inner.translate(None, _NOT_INTS):
+                self.tokens.append(inner.count(b",") + 1)
+            else:
+                return pos
+            self.times.append(now)
+            if nxt == end:
+                return end
+            pos = nxt
 
     def on_end(self, exc: BaseException | None) -> None:
         if self.future.done():

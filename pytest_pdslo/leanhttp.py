@@ -49,10 +49,16 @@ class BodySink:
     def on_end(self, exc: BaseException | None) -> None:  # pragma: no cover
         pass
 
+    def on_chunks(self, data: bytes, now: float) -> int:
+        """Optional fast path of a chunked body: ``data`` is a read that starts at a chunk
+        boundary. Consume whole, non-empty chunks from its start (framing included) as
+        ``on_body`` would their data, and return how many bytes that was (0: none); the
+        connection reads the rest. The default consumes nothing."""
+        return 0
+
 
 _HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _LENGTH, _EOF, _DONE = range(8)
 _MAX_HEAD = 65536
-_HEX = b"0123456789abcdefABCDEF"
 
 
 class Connection(asyncio.Protocol):
@@ -107,16 +113,35 @@ class Connection(asyncio.Protocol):
         try:
             state = self.state
             if state == _CHUNK_SIZE and not self.buf:
-                # The usual read of a stream: exactly one whole chunk ("<hex>\r\n<data>\r\n").
-                eol = data.find(b"\r\n", 0, 18)
-                if eol > 0 and data[-2:] == b"\r\n":
-                    line = data[:eol]
-                    if not line.translate(None, _HEX):
-                        size = int(line, 16)
-                        if size and size + eol + 4 == len(data):
-                            if not sink.on_body(data[eol + 2:-2], now):
-                                self._stop()
-                            return
+                # The usual read of a stream: whole chunks ("<hex>\r\n<data>\r\n"), one or
+                # a few (coalesced). The sink may take them raw (on_chunks); else each is
+                # handed over as it is: no copy into a buffer, no state machine. Anything
+                # else (a split chunk, extensions, the last chunk) goes to _parse from
+                # where this stopped, which reads it the same way.
+                pos = sink.on_chunks(data, now)
+                end = len(data)
+                if pos == end:
+                    return
+                on_body = sink.on_body
+                while True:
+                    eol = data.find(b"\r\n", pos, pos + 18)
+                    if eol <= pos:
+                        break
+                    try:
+                        size = int(data[pos:eol], 16)
+                    except ValueError:
+                        break
+                    nxt = eol + size + 4
+                    if size <= 0 or nxt > end or data[nxt - 2:nxt] != b"\r\n":
+                        break
+                    if not on_body(data[eol + 2:nxt - 2], now):
+                        self._stop()
+                        return
+                    if nxt == end:
+                        return
+                    pos = nxt
+                if pos:
+                    data = data[pos:]
             if state == _EOF:
                 if not sink.on_body(data, now):
                     self._stop()

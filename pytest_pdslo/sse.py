@@ -42,6 +42,11 @@ class SSEParser:
         self._size = 0  # bytes in _data
         self._started = False
 
+    @property
+    def idle(self) -> bool:
+        """Past the start and holding nothing: the next chunk begins a new line and event."""
+        return self._started and not self._buf and not self._data
+
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add a chunk; return the payloads of the events it completed, in order."""
         if (self._started and not self._buf and not self._data and chunk[:6] == b"data: "

@@ -8,6 +8,7 @@ fast token path is checked against the full JSON parse on generated chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -22,9 +23,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_pdslo.client import (COMPLETIONS, REQUEST_FUNCS, STREAM_CUT, Endpoint,
-                                 _handle_event, _StreamError, fast_token_count)
-from pytest_pdslo.leanhttp import Origin, Pool, build_request
+import pytest_pdslo.leanhttp as lean
+from pytest_pdslo.client import (COMPLETIONS, REQUEST_FUNCS, STREAM_CUT, Endpoint, _Shape,
+                                 _Sink, _handle_event, _StreamError, fast_token_count)
+from pytest_pdslo.leanhttp import _CHUNK_SIZE, Connection, Origin, Pool, build_request
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec
 
@@ -362,3 +364,117 @@ def test_error_events_are_never_fast(payload: bytes) -> None:
     assert fast_token_count(payload) == 0
     with pytest.raises(_StreamError):
         full_count(payload)
+
+
+# -- the stream-shape fast paths (_Shape.count, _Sink.on_chunks) -------------------------
+
+def _vllm(k: int, text: str = " t", ids: list[int] | None = None, finish: str | None = None,
+          rid: str = "cmpl-1") -> bytes:
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish,
+              "stop_reason": None, "token_ids": [1000 + k] if ids is None else ids}
+    return json.dumps({"id": rid, "object": "text_completion", "created": 1, "model": "m",
+                       "choices": [choice], "usage": None}, separators=(",", ":")).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads=st.lists(st.one_of(chunks(), st.builds(
+    _vllm, st.integers(0, 9), json_text, st.none() | st.lists(st.integers(0, 99), max_size=3),
+    st.sampled_from([None, "length"]))), min_size=1, max_size=6))
+def test_shape_count_is_fast_token_count(payloads: list[bytes]) -> None:
+    shape = _Shape()
+    for payload in payloads + payloads:  # the second pass meets learned shapes
+        assert shape.count(payload) == fast_token_count(payload)
+
+
+class _SlowSink(_Sink):
+    """The decoder + SSE parser + fast_token_count, without the stream-shape paths."""
+
+    def on_chunks(self, data: bytes, now: float) -> int:
+        return 0
+
+
+class _NoShape:
+    count = staticmethod(fast_token_count)
+
+
+@contextlib.contextmanager
+def _closing(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        loop.close()
+
+
+def _record_through(reads: list[bytes], fast: bool) -> tuple[list, list, str]:
+    """Feed ``reads`` (a chunked body) to a connection; read i is stamped at time i."""
+    clock = iter(range(10 ** 6))
+    loop = asyncio.new_event_loop()
+    with pytest.MonkeyPatch.context() as mp, _closing(loop):
+        mp.setattr(lean, "_perf", lambda: float(next(clock)))
+        record = RequestRecord(send_time=0.0)
+        sink = (_Sink if fast else _SlowSink)(record, COMPLETIONS.has_text,
+                                              loop.create_future())
+        sink.reading = True
+        if not fast:
+            sink.shape = sink.fill.shape = _NoShape()  # type: ignore[assignment]
+        conn = Connection(Pool(), ("http", "h", 1))  # no transport: nothing is sent
+        conn.sink = sink
+        conn.state = _CHUNK_SIZE
+        for read in reads:
+            if conn.sink is None:
+                break
+            conn.data_received(read)
+    return record.chunk_times, record.chunk_tokens, sink.error
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.one_of(
+    st.builds(lambda k, n: _vllm(k, ids=list(range(n + 1))), st.integers(0, 9), st.integers(0, 2)),
+    st.builds(_vllm, st.integers(0, 9), json_text),
+    chunks(),
+    st.sampled_from([b"[DONE]", b"", b'{"error":{"message":"x"}}', _vllm(1, rid="other")]),
+), min_size=1, max_size=10),
+    raw=st.lists(st.sampled_from([b"", b"\n", b"\r", b"\r\n", b"x", b":c\n"]), max_size=10),
+    sizes=st.lists(st.sampled_from(["%x", "%X", "0%x", "%x;e=1"]), min_size=10, max_size=10),
+    cuts=st.lists(st.integers(1, 400), max_size=12))
+def test_raw_chunk_path_agrees_with_the_decoder(events: list[bytes], raw: list[bytes],
+                                                sizes: list[str], cuts: list[int]) -> None:
+    # SSE events (with odd line breaks mixed in) framed as HTTP chunks, the body cut
+    # into reads anywhere and coalesced: the fast paths must give the same chunk times,
+    # tokens and error as the chunked decoder + SSE parser + fast_token_count.
+    body = b""
+    for i, payload in enumerate(events):
+        event = b"data: " + payload + b"\n\n"
+        if i < len(raw):
+            event = event[:len(event) // 2] + raw[i] + event[len(event) // 2:] \
+                if i % 3 == 2 else raw[i] + event
+        head = (sizes[i % len(sizes)] % len(event)).encode() if "%" in sizes[i % len(sizes)] \
+            else b"%x" % len(event)
+        body += head + b"\r\n" + event + b"\r\n"
+    body += b"0\r\n\r\n"
+    reads, pos = [], 0
+    for c in cuts:
+        reads.append(body[pos:pos + c])
+        pos += c
+    reads = [r for r in reads if r] + ([body[pos:]] if body[pos:] else [])
+    assert _record_through(reads, True) == _record_through(reads, False)
+
+
+def test_raw_chunk_path_takes_a_vllm_stream(monkeypatch: Any) -> None:
+    calls = []
+    real = _Sink.on_chunks
+
+    def spy(self: Any, data: bytes, now: float) -> int:
+        n = real(self, data, now)
+        calls.append(n == len(data))
+        return n
+
+    monkeypatch.setattr(_Sink, "on_chunks", spy)
+    events = [_vllm(k) for k in range(6)] + [_vllm(6, ids=[7, 8], finish="length")]
+    reads = [frame(b"data: " + e + b"\n\n") for e in events]
+    last = reads.pop()
+    reads[-1] += last  # two chunks in one read
+    times, tokens, error = _record_through(reads + [frame(sse("[DONE]")) + b"0\r\n\r\n"],
+                                           True)
+    assert times == [0, 1, 2, 3, 4, 5, 5] and tokens == [1] * 6 + [2] and not error
+    assert calls[1:-1] == [True] * 5  # from the second read on: no decoder, no SSE parser

@@ -2,6 +2,7 @@
 
     python benchmarks/client_fidelity/run.py [--streams 1,16,64,256,1024] [--duration 8]
                                              [--procs 1] [--server-cpu 0] [--client-cpus 1]
+                                             [--client pdslo,minimal] [--repeat 1]
 
 A schedule server (``schedule_server.py``, its own process, pinned to
 ``--server-cpu``) emits 128 tokens per request, one per chunk, at TTFT 50 ms and
@@ -21,7 +22,13 @@ CLOCK_MONOTONIC, system-wide on Linux), and the script prints, per point:
   the measured phase);
 - the client's own honesty checks: event-loop lag p99/max and in-flight mean;
 - the server's health: its CPU share and its lateness against its own schedule
-  (a late server means the point is server-bound, not a client error).
+  (a late server means the point is server-bound, not a client error);
+- per chunk, alike for every client: the read delay (read − write) and each reported
+  gap against its own true gap (chunks read together share the read's time, so one
+  of their gaps is 0: the share of such gaps is printed too).
+
+``--client minimal`` runs ``minimal_client.py`` (the issue's minimal raw-socket
+asyncio client, the floor) at the same points, under the same matching.
 
 It prints figures and asserts nothing, then checks the 256-stream rows against the
 targets (|TTFT p50| <= 2 ms, |TTFT p99| <= 10 ms, |ITL p99| <= 2 ms, kept >= 0.97,
@@ -52,6 +59,7 @@ from pytest_pdslo.client import Endpoint  # noqa: E402
 from pytest_pdslo.loadgen import LoadSpec, run_load  # noqa: E402
 from pytest_pdslo.workload import RequestSpec  # noqa: E402
 
+import minimal_client  # noqa: E402
 import schedule_server  # noqa: E402
 
 E2E_S = schedule_server.TTFT_S + (schedule_server.TOKENS - 1) * schedule_server.ITL_S
@@ -80,7 +88,7 @@ def _pct(values: np.ndarray) -> list[float]:
 
 
 def measure(endpoint: Endpoint, conn: Any, streams: int, duration: float, procs: int,
-            tag: str, transport: str = "lean") -> dict[str, Any]:
+            tag: str, transport: str = "lean", client: str = "pdslo") -> dict[str, Any]:
     rounds = max(2, math.ceil(duration / E2E_S))
     n_tok = schedule_server.TOKENS
     warm = [RequestSpec(f"{tag}-w{i}", n_tok) for i in range(streams)]
@@ -93,7 +101,10 @@ def measure(endpoint: Endpoint, conn: Any, streams: int, duration: float, procs:
     srv0 = dump(conn)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    result = run_load(endpoint, specs, load, warmup=warm, **kwargs)
+    if client == "minimal":
+        result = minimal_client.run(endpoint.base_url, endpoint.model, specs, streams, warm)
+    else:
+        result = run_load(endpoint, specs, load, warmup=warm, **kwargs)
     wall = time.perf_counter() - t0
     cpu_total = time.process_time() - cpu0
     srv = dump(conn)
@@ -103,6 +114,9 @@ def measure(endpoint: Endpoint, conn: Any, streams: int, duration: float, procs:
     itl_r: list[np.ndarray] = []
     itl_t: list[np.ndarray] = []
     slips: list[np.ndarray] = []
+    delays: list[np.ndarray] = []
+    gap_errs: list[np.ndarray] = []
+    coalesced = 0
     failed = mismatched = 0
     tokens = 0
     for spec, rec in zip(specs, result.records):
@@ -125,10 +139,17 @@ def measure(endpoint: Endpoint, conn: Any, streams: int, duration: float, procs:
         tpot_t.append((writes[-1] - writes[0]) / k)
         itl_r.append(np.diff(reads))
         itl_t.append(np.diff(writes))
+        # per chunk, the same way for every client: how late each chunk was read, and
+        # how far each reported gap is from its own true gap (chunks read together share
+        # the read's time, so their reported gap is 0)
+        delays.append(reads - writes)
+        gap_errs.append(np.abs(itl_r[-1] - itl_t[-1]))
+        coalesced += int(np.count_nonzero(itl_r[-1] == 0.0))
         sched = recv + schedule_server.TTFT_S + np.arange(writes.size) * schedule_server.ITL_S
         slips.append(writes - sched)
     ms = 1e3
-    out: dict[str, Any] = {"streams": streams, "procs": procs, "requests": len(specs),
+    out: dict[str, Any] = {"client": client if client == "minimal" else f"pdslo-{transport}",
+                           "streams": streams, "procs": procs, "requests": len(specs),
                            "failed": failed, "mismatched": mismatched}
     pairs = {"ttft": (ttft_r, ttft_t), "e2el": (e2e_r, e2e_t), "tpot": (tpot_r, tpot_t),
              "itl": (itl_r, itl_t)}
@@ -155,6 +176,14 @@ def measure(endpoint: Endpoint, conn: Any, streams: int, duration: float, procs:
     out["completed"] = done
     out["duration_s"] = result.duration_s
     out["wall_s"] = wall
+    delay = np.concatenate(delays) * ms if delays else np.empty(0)
+    gap = np.concatenate(gap_errs) * ms if gap_errs else np.empty(0)
+    for p, v in zip(PCTS, _pct(delay)):
+        out[f"read_delay_p{p}_ms"] = v
+    for p, v in zip(PCTS, _pct(gap)):
+        out[f"itl_abs_err_p{p}_ms"] = v
+    n_gaps = sum(x.size for x in itl_r)
+    out["coalesced_share"] = coalesced / n_gaps if n_gaps else math.nan
     slip = np.concatenate(slips) * ms if slips else np.empty(0)
     out["server_slip_p99_ms"] = float(np.percentile(slip, 99)) if slip.size else math.nan
     out["server_cpu_share"] = (srv["cpu_s"] - srv0["cpu_s"]) / wall
@@ -162,11 +191,14 @@ def measure(endpoint: Endpoint, conn: Any, streams: int, duration: float, procs:
 
 
 COLUMNS = [
-    ("streams", "streams", "{:d}"), ("procs", "procs", "{:d}"),
+    ("client", "client", "{}"), ("streams", "streams", "{:d}"), ("procs", "procs", "{:d}"),
     ("ttft_p50_err_ms", "TTFT p50", "{:+.1f}"), ("ttft_p90_err_ms", "TTFT p90", "{:+.1f}"),
     ("ttft_p99_err_ms", "TTFT p99", "{:+.1f}"),
     ("itl_p50_err_ms", "ITL p50", "{:+.2f}"), ("itl_p90_err_ms", "ITL p90", "{:+.2f}"),
     ("itl_p99_err_ms", "ITL p99", "{:+.2f}"),
+    ("itl_abs_err_p99_ms", "|gap err| p99", "{:.2f}"),
+    ("read_delay_p50_ms", "delay p50", "{:.2f}"), ("read_delay_p99_ms", "delay p99", "{:.2f}"),
+    ("coalesced_share", "coalesced", "{:.3f}"),
     ("tpot_p50_err_ms", "TPOT p50", "{:+.2f}"), ("tpot_p99_err_ms", "TPOT p99", "{:+.2f}"),
     ("e2el_p50_err_ms", "E2E p50", "{:+.1f}"), ("e2el_p99_err_ms", "E2E p99", "{:+.1f}"),
     ("throughput_kept", "kept", "{:.3f}"), ("cpu_s_per_1k_tokens", "CPU s/1k tok", "{:.4f}"),
@@ -187,6 +219,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", default="1,16,64,256,1024")
@@ -196,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpus", default="1", help="cores of the client, e.g. 1 or 1-3")
     ap.add_argument("--transport", default="lean", help="the load generator's HTTP client")
+    ap.add_argument("--client", default="pdslo",
+                    help="comma-separated clients to run at each point: pdslo (the plugin's "
+                         "load generator) and/or minimal (minimal_client.py, the issue's "
+                         "minimal raw-socket asyncio client, one proc)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each point (interleaved)")
     ap.add_argument("--priority", choices=("normal", "nice", "rt"), default="nice",
                     help="CPU priority of server and client (needs root): nice = nice -20 "
                          "(default), rt = SCHED_FIFO, which makes other processes on those "
@@ -223,16 +270,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{priority}", flush=True)
     endpoint = Endpoint(f"http://127.0.0.1:{port}", "fidelity", request_timeout_s=120)
     rows = []
+    clients = args.client.split(",")
+    if set(clients) - {"pdslo", "minimal"}:
+        ap.error("--client: pdslo and/or minimal")
     try:
-        for p in procs_list:
-            for s in streams:
-                row = measure(endpoint, conn, s, args.duration, p, f"c{s}p{p}", args.transport)
-                rows.append(row)
-                print(table([row]).splitlines()[-1] if len(rows) > 1 else table([row]),
-                      flush=True)
-                if row["failed"] or row["mismatched"]:
-                    print(f"  ({row['failed']} failed, {row['mismatched']} with a chunk count "
-                          "unlike the server's)", flush=True)
+        points = [(p, s, r, c) for p in procs_list for s in streams
+                  for r in range(args.repeat) for c in clients if c == "pdslo" or p == 1]
+        for p, s, r, c in points:
+            row = measure(endpoint, conn, s, args.duration, p, f"{c}{r}c{s}p{p}",
+                          args.transport, c)
+            rows.append(row)
+            print(table([row]).splitlines()[-1] if len(rows) > 1 else table([row]),
+                  flush=True)
+            if row["failed"] or row["mismatched"]:
+                print(f"  ({row['failed']} failed, {row['mismatched']} with a chunk count "
+                      "unlike the server's)", flush=True)
     finally:
         conn.send("stop")
         proc.join(5)
@@ -249,9 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                 "CPU <= 0.05 s/1k tokens": row["cpu_s_per_1k_tokens"] <= 0.05,
             }
             verdict = ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in checks.items())
-            print(f"targets at 256 streams, {row['procs']} proc(s): {verdict}")
+            print(f"targets at 256 streams, {row['client']}, {row['procs']} proc(s): {verdict}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "argv": sys.argv[1:],
+                "cpu": _cpu_model(), "cores": ncpu, "priority": priority}
+        Path(args.json).write_text(json.dumps([dict(r, **{"meta": meta}) for r in rows],
+                                              indent=1))
     return 0
 
 

@@ -73,6 +73,7 @@ SCENARIOS = [
     Scenario("serving in1024 out1024 c16 (80 req)", 8, 1024, 1024, 80, concurrency=16),
     Scenario("serving in1024 out1024 c64 (320 req)", 8, 1024, 1024, 320, concurrency=64),
     Scenario("serving in8192 out1024 c16 (80 req)", 4, 8192, 1024, 80, concurrency=16),
+    Scenario("serving in8192 out1024 c16 (160 req)", 4, 8192, 1024, 160, concurrency=16),
     Scenario("serving in8192 out1024 c16 (320 req)", 4, 8192, 1024, 320, concurrency=16),
     Scenario("serving in1024 out256 4 req/s (200 req)", 8, 1024, 256, 200, rate=4.0),
     Scenario("decode ctx8192 out256 c64 (128 req)", 8, 8192, 256, 128, concurrency=64),

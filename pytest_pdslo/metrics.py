@@ -22,7 +22,7 @@ LATENCIES = ("ttft", "tpot", "itl", "e2el")
 
 @dataclass(frozen=True)
 class MetricValues:
-    """Per-request (per-chunk for ITL) values in ms, over completed measured requests."""
+    """Per-request (per-chunk for ITL) values in ms, over completed measured requests, in send order."""
 
     ttft_ms: np.ndarray
     tpot_ms: np.ndarray
@@ -36,7 +36,8 @@ class MetricValues:
 
 def per_request_values(records: Sequence[RequestRecord], thresholds: Mapping[str, float] | None = None) -> MetricValues:
     """Latency arrays of the completed, non-warm-up records."""
-    done = [r for r in records if r.ok and not r.warmup and len(r.chunk_times)]
+    # send order: the baseline comparison reads neighbouring requests' correlation from it
+    done = sorted((r for r in records if r.ok and not r.warmup and len(r.chunk_times)), key=lambda r: r.send_time)
     n = len(done)
     ttft = np.empty(n)
     e2el = np.empty(n)

@@ -11,7 +11,7 @@ from .. import slo as slo_mod
 from ..metrics import MetricValues
 from .compare import DEFAULT_CONFIDENCE, SAMPLE_FOR, Gate, MetricVerdict, compare, worst
 from .fingerprint import hardware_changes, software_changes
-from .sample import round_list, round_sig, round_value, sketch
+from .sample import design_effect, round_list, round_sig, round_value, sketch
 from .store import BaselineError, BaselineFile, observation_from_record
 
 
@@ -48,7 +48,15 @@ def make_record(
             continue
         # ITL has a value per chunk, but chunks of one request are not independent: count requests
         n = min(int(arr.size), completed) if metric == "itl_ms" else int(arr.size)
+        # Open loop only: random arrivals make random load episodes that neighbours share, a
+        # run-level variance one run's spread does not show. A closed loop holds its load fixed
+        # by construction; its neighbour correlation is a repeating wave pattern (requests
+        # started together stay in step), the same in every run, not run-to-run variance.
+        # Per-chunk ITL borrows the per-request decode speed's correlation (TPOT, same requests).
+        deff = design_effect(values.tpot_ms if metric == "itl_ms" else arr) if arrival > 0 else 1.0
         samples[metric] = {"n": n, "values": round_list(sketch(arr))}
+        if deff > 1.0:
+            samples[metric]["deff"] = round_sig(deff, 3)
     failed = summary.get("failed")
     return {
         "metrics": round_value({k: v for k, v in summary.items()}),

@@ -7,13 +7,26 @@ change ``now / baseline - 1``:
 - **regression**: worse than the tolerance *and* statistically significant: the
   confidence interval of the change excludes zero on the worse side, or, for
   per-request latencies, a Mann-Whitney U test (normal approximation, ties
-  corrected) finds the requests as a whole slower (asv's test). Each test is
-  one-sided at half the level, so together they keep the stated level;
+  corrected) finds the requests as a whole slower (asv's test) by more than the
+  tolerance (their Hodges-Lehmann shift). Each test is
+  one-sided at half the level. For a latency percentile (p90 TTFT, median
+  TPOT) the interval counts only together with a test that more of "now"'s
+  requests than the percentile's level allows lie above the baseline's
+  percentile (``exceedance_shift``): at a gap between two modes the
+  percentile jumps while the share of slow requests barely moves, and that
+  is noise;
 - **improvement**: the same, on the better side;
 - **inconclusive**: too few samples, or no change beyond tolerance could be
   shown while the interval is wider than the tolerance (the run cannot resolve
   a change of that size);
 - **unchanged**: everything else.
+
+Requests of one run are not independent (neighbours share batches and
+queues): every per-request standard error, and the rank test's variance, is
+scaled by the run's design effect, estimated from the autocorrelation of the
+values in send order and stored with the sample (``sample.design_effect``).
+Without it, a second run with other prompts or arrival times looks like a
+significant change far more often than the confidence level promises.
 
 Every standard error also carries ``RUN_NOISE`` (1% per side): runs of the same
 software drift by about that much overall, which no within-run statistic shows.
@@ -84,10 +97,15 @@ VERDICTS = ("regression", "improvement", "unchanged", "inconclusive")
 
 @dataclass(frozen=True)
 class Sample:
-    """A compact per-request sample: sorted sketch values standing for ``n`` values."""
+    """A compact per-request sample: sorted sketch values standing for ``n`` values.
+
+    ``deff``: the run's design effect (``sample.design_effect``): its ``n``
+    values are worth ``n / deff`` independent ones.
+    """
 
     values: np.ndarray
     n: int
+    deff: float = 1.0
 
     @cached_property
     def moments(self) -> tuple[float, float]:
@@ -100,10 +118,15 @@ class Sample:
         return mean, math.sqrt(max(var, 0.0))
 
     @classmethod
-    def of(cls, values: Iterable[float] | np.ndarray, n: int | None = None) -> "Sample":
+    def of(cls, values: Iterable[float] | np.ndarray, n: int | None = None, deff: float = 1.0) -> "Sample":
         arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64)
         arr = arr[np.isfinite(arr)]
-        return cls(sketch(arr), int(arr.size if n is None else n))
+        return cls(sketch(arr), int(arr.size if n is None else n), max(float(deff), 1.0))
+
+    @property
+    def n_eff(self) -> float:
+        """Independent values' worth."""
+        return self.n / self.deff if self.deff > 1.0 else float(self.n)
 
 
 @dataclass(frozen=True)
@@ -226,12 +249,13 @@ def harrell_davis(s: Sample, q: float, grid: int = 201) -> tuple[float, float]:
 def rank_interval_se(s: Sample, q: float, z: float) -> float:
     """Standard error of the log q-quantile from its distribution-free rank interval.
 
-    The interval runs between the quantiles at ``q ± z·sqrt(q(1-q)/n)`` (the
-    order statistics of a binomial confidence interval, Woodruff's interval).
+    The interval runs between the quantiles at ``q ± z·sqrt(q(1-q)/n_eff)`` (the
+    order statistics of a binomial confidence interval, Woodruff's interval;
+    the effective count, since correlated requests bound a quantile less).
     NaN when it runs off the sample's end: too few values to bound that
     quantile (p90 needs about 60 at 99%, p99 about 660).
     """
-    delta = z * math.sqrt(q * (1.0 - q) / s.n)
+    delta = z * math.sqrt(q * (1.0 - q) / s.n_eff)
     if q - delta < 0.0 or q + delta > 1.0:
         return math.nan
     levels = np.linspace(0.0, 1.0, s.values.size)
@@ -257,15 +281,16 @@ def _quantile_estimate(s: Sample, q: float, z: float) -> tuple[float, float, str
         return est, math.nan, "non-positive values"
     rank = rank_interval_se(s, q, z)
     if math.isnan(rank):
-        return est, math.nan, f"no interval for this percentile from {s.n} values (needs >= {min_count(q, z)})"
-    return est, max(se / est, rank), ""
+        worth = f"{s.n} values" + (f" worth {s.n_eff:.0f} independent ones" if s.deff > 1.0 else "")
+        return est, math.nan, f"no interval for this percentile from {worth} (needs >= {min_count(q, z)})"
+    return est, max(se / est * math.sqrt(s.deff), rank), ""
 
 
 def _mean_se(s: Sample) -> tuple[float, float, str]:
     mean, std = s.moments
     if not mean > 0:
         return mean, math.nan, "non-positive values"
-    return mean, std / (mean * math.sqrt(s.n)), ""
+    return mean, std / (mean * math.sqrt(s.n_eff)), ""
 
 
 def rank_shift(base: Sample, now: Sample) -> float:
@@ -273,7 +298,8 @@ def rank_shift(base: Sample, now: Sample) -> float:
 
     U is computed on the sketches (they are quantile-representative, so
     U / (k1·k2) estimates P(now > base) + P(tie)/2), its variance from the
-    numbers of requests they stand for, with the tie correction.
+    numbers of requests they stand for, each side's term scaled by its design
+    effect (correlated requests vary together), with the tie correction.
     """
     a, b = base.values, now.values  # sorted
     k1, k2 = a.size, b.size
@@ -288,8 +314,38 @@ def rank_shift(base: Sample, now: Sample) -> float:
     counts = np.diff(np.concatenate([[0], edges, [merged.size]])).astype(np.float64)
     total = float(merged.size)
     tie = 1.0 - float((counts**3 - counts).sum()) / (total**3 - total) if total > 1 else 0.0
-    var = (base.n + now.n + 1) / (12.0 * base.n * now.n) * tie
+    var = (now.deff * base.n + base.deff * now.n + 1) / (12.0 * base.n * now.n) * tie
     return (auc - 0.5) / math.sqrt(var) if var > 0 else 0.0
+
+
+def _share_above(s: Sample, t: float) -> float:
+    """Share of the sample above ``t`` (ties count half), from its sketch."""
+    v = s.values
+    below = int(np.searchsorted(v, t, "left"))
+    upto = int(np.searchsorted(v, t, "right"))
+    return 1.0 - (below + upto) / (2.0 * v.size)
+
+
+def exceedance_shift(base: Sample, now: Sample, base_q: float, q: float) -> float:
+    """z of the test that more than ``1 - q`` of ``now`` lies above the baseline's q-quantile.
+
+    The quantile's own interval assumes a smooth density around it; at a gap
+    between two modes (p90 where ~10% of requests meet another prefill) it can
+    jump by 30% while the share of slow requests moved by a point, which is
+    noise. Asking the question the gate means instead ("do more requests than
+    before take longer than the baseline's p90?") needs no such assumption:
+    the share of "now" above the baseline's quantile against ``1 - q``
+    (compared on the arcsine-root scale), with the binomial variance of both sides (the baseline's quantile is itself a
+    level estimated from its ``n`` values), each scaled by its design effect.
+    Positive when "now" is slower.
+    """
+    if not base_q > 0 or now.values.size == 0 or base.n == 0 or now.n == 0:
+        return 0.0
+    # on the arcsine-root scale a share's variance is 1/(4n) whatever the share: the plain
+    # difference of a small share (p90: 10%) is right-skewed and would call noise a change
+    share = _share_above(now, base_q)
+    var = (base.deff / base.n + now.deff / now.n) / 4.0
+    return (math.asin(math.sqrt(share)) - math.asin(math.sqrt(1.0 - q))) / math.sqrt(var)
 
 
 def estimate(obs: Observation, metric: str, statistic: str, z: float) -> Estimate:
@@ -336,12 +392,24 @@ def _combined_se(base: Estimate, now: Estimate) -> float:
 
 
 def decide(
-    base: Estimate, now: Estimate, gate: Gate, confidence: float = DEFAULT_CONFIDENCE, rank_z: float | None = None
+    base: Estimate,
+    now: Estimate,
+    gate: Gate,
+    confidence: float = DEFAULT_CONFIDENCE,
+    rank_z: float | None = None,
+    tail_z: float | None = None,
+    rank_size: float | None = None,
 ) -> MetricVerdict:
     """The verdict for one gated figure from the two sides' estimates.
 
     ``rank_z``: the Mann-Whitney z of the per-request values behind the figure,
     positive when "now" is *higher* (slower), or None for whole-run figures.
+    ``rank_size``: the Hodges-Lehmann shift of the same values (a fraction,
+    positive when slower); when given, the rank test is evidence only if that
+    shift, too, is beyond the tolerance.
+    ``tail_z``: for a latency percentile, the ``exceedance_shift`` z; where
+    given, the percentile's interval is evidence only together with it (the
+    rank test is evidence on its own, as for every latency).
     """
     z = z_for(confidence)
     p_value = 2.0 * (1.0 - NormalDist().cdf(abs(rank_z))) if rank_z is not None else None
@@ -395,18 +463,32 @@ def decide(
         low, high = math.expm1(lo), math.expm1(hi)
     tol = gate.tolerance
     # positive: the per-request values moved the worse way (latency up; TPOT up for interactivity)
-    slower = rank_z if rank_z is not None else 0.0
-    if gate.worse == "higher":
+    plain = rank_z if rank_z is not None else 0.0
+    # the rank test says "the requests moved", not "by more than the tolerance": at a few
+    # hundred requests a 2% move of all of them is significant while a noisy p90 reads +8%
+    slower = plain if rank_size is None or rank_size > tol else 0.0
+    faster = plain if rank_size is None or rank_size < -tol else 0.0
+    if tail_z is not None:  # a latency percentile (worse is higher): its interval counts only
+        # where the share of slow requests agrees; the rank test counts on its own
+        worse = change > tol and ((lo > 0 and tail_z > z) or slower > z)
+        better = change < -tol and ((hi < 0 and tail_z < -z) or faster < -z)
+    elif gate.worse == "higher":
         worse = change > tol and (lo > 0 or slower > z)
-        better = change < -tol and (hi < 0 or slower < -z)
+        better = change < -tol and (hi < 0 or faster < -z)
     else:
         worse = change < -tol and (hi < 0 or slower > z)
-        better = change > tol and (lo > 0 or slower < -z)
-    by_rank = "" if (lo > 0 or hi < 0) or p_value is None else f"rank test p={p_value:.1g}"
+        better = change > tol and (lo > 0 or faster < -z)
+    interval_says = (lo > 0 or hi < 0) and (tail_z is None or abs(tail_z) > z)
+    def by_rank(zr: float) -> str:
+        if interval_says or rank_z is None:
+            return ""
+        p = 1.0 - NormalDist().cdf(abs(zr))
+        return f"rank test: requests {rank_size * 100:+.1f}% (Hodges-Lehmann), one-sided p={p:.1g}" if rank_size is not None else f"rank test one-sided p={p:.1g}"
+
     if worse:
-        return verdict("regression", by_rank, change, low, high)
+        return verdict("regression", by_rank(slower), change, low, high)
     if better:
-        return verdict("improvement", by_rank, change, low, high)
+        return verdict("improvement", by_rank(faster), change, low, high)
     if low is None or high is None:
         return verdict("inconclusive", problem or "no interval", change)
     half = (high - low) / 2.0
@@ -426,18 +508,65 @@ def compare(
         c = estimate(now, gate.metric, gate.statistic, z)
         if b.n == 0 and c.n == 0 and not math.isfinite(b.value) and not math.isfinite(c.value):
             continue
-        out.append(decide(b, c, gate, confidence, _rank_z(baseline, now, gate.metric)))
+        rz = _rank_z(baseline, now, gate.metric)
+        # the shift's size matters only where the rank test speaks
+        size = _rank_size(baseline, now, gate.metric) if rz is not None and abs(rz) > z else None
+        out.append(decide(b, c, gate, confidence, rz, _tail_z(baseline, now, gate, b, c), size))
     return out
 
 
-def _rank_z(baseline: Observation, now: Observation, metric: str) -> float | None:
+def _tail_z(baseline: Observation, now: Observation, gate: Gate, b: Estimate, c: Estimate) -> float | None:
+    if gate.metric not in slo_mod.LATENCY_METRICS or _quantile_level(gate.statistic) is None or not math.isfinite(b.value):
+        return None
+    bs, cs = baseline.samples.get(gate.metric), now.samples.get(gate.metric)
+    if bs is None or cs is None or bs.n == 0 or cs.n == 0:
+        return None
+    q = _quantile_level(gate.statistic)
+    assert q is not None
+    return exceedance_shift(bs, cs, b.value, q)
+
+
+def _rank_samples(baseline: Observation, now: Observation, metric: str) -> tuple[Sample, Sample] | None:
     source = metric if metric in HIGHER_IS_WORSE else ("tpot_ms" if metric == "interactivity" else None)
     if source is None:
         return None
     b, c = baseline.samples.get(source), now.samples.get(source)
     if b is None or c is None:
         return None
-    return rank_shift(b, c)
+    return b, c
+
+
+def _rank_z(baseline: Observation, now: Observation, metric: str) -> float | None:
+    pair = _rank_samples(baseline, now, metric)
+    return rank_shift(*pair) if pair else None
+
+
+def hodges_lehmann(base: Sample, now: Sample, k: int = 64) -> float:
+    """The typical relative shift of "now" against the baseline (Hodges-Lehmann).
+
+    The median of the pairwise log-ratios, on ``k``-point quantile thinnings of
+    both sketches (4,096 pairs: microseconds, and the same estimate to a small
+    fraction of a percent). NaN when a value is not positive.
+    """
+    if base.values.size == 0 or now.values.size == 0:
+        return math.nan
+    levels = np.linspace(0.0, 1.0, k)
+
+    def thin(v: np.ndarray) -> np.ndarray:
+        return np.interp(levels, np.linspace(0.0, 1.0, v.size), v) if v.size > 1 else np.full(k, float(v[0]))
+
+    a, b = thin(base.values), thin(now.values)
+    if not (a[0] > 0 and b[0] > 0):
+        return math.nan
+    return math.expm1(float(np.median(np.log(b)[:, None] - np.log(a)[None, :])))
+
+
+def _rank_size(baseline: Observation, now: Observation, metric: str) -> float | None:
+    pair = _rank_samples(baseline, now, metric)
+    if pair is None:
+        return None
+    size = hodges_lehmann(*pair)
+    return size if math.isfinite(size) else None
 
 
 def compare_samples(
@@ -453,7 +582,10 @@ def compare_samples(
     c = Observation.from_values({metric: now})
     z = z_for(confidence)
     gate = Gate(metric, statistic, tolerance)
-    return decide(estimate(b, metric, statistic, z), estimate(c, metric, statistic, z), gate, confidence, _rank_z(b, c, metric))
+    eb, ec = estimate(b, metric, statistic, z), estimate(c, metric, statistic, z)
+    rz = _rank_z(b, c, metric)
+    size = _rank_size(b, c, metric) if rz is not None and abs(rz) > z else None
+    return decide(eb, ec, gate, confidence, rz, _tail_z(b, c, gate, eb, ec), size)
 
 
 def worst(verdicts: Iterable[MetricVerdict]) -> str | None:

@@ -33,6 +33,49 @@ def sketch(values: np.ndarray, size: int = SKETCH_SIZE) -> np.ndarray:
     return np.interp(np.linspace(0.0, v.size - 1.0, size), np.arange(v.size, dtype=np.float64), v)
 
 
+def design_effect(values: np.ndarray) -> float:
+    """How many requests' worth of information one request of a run carries, inverted.
+
+    Requests of one run are not independent: neighbours in send order share
+    batches, queues and prefill collisions, so a within-run standard error
+    computed as if they were independent is too small, and a second run with
+    other prompts or arrivals differs by more than it promises. The design
+    effect ``1 + 2·Σρ_k`` (ρ_k: lag-k autocorrelation of the values' ranks in
+    send order, summed with Geyer's initial positive sequence, which stops at
+    the first non-positive pair) is the factor by which the variance of a
+    mean or quantile grows; ``n / deff`` is the effective sample size. Ranks
+    keep one outlier from dominating. At least 1, at most ``n``.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 4:
+        return 1.0
+    # mid-ranks: tied values (a lock-stepped batch) share one rank
+    uniq, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    if uniq.size == 1:
+        return 1.0
+    starts = np.cumsum(counts) - counts
+    r = (starts + (counts - 1) / 2.0)[inverse]
+    r -= r.mean()
+    var = float(np.dot(r, r))
+    if var <= 0.0:
+        return 1.0
+    # autocovariances of all lags at once (FFT), then pairs (1,2), (3,4), ... while positive
+    size = 1 << (2 * n - 1).bit_length()
+    f = np.fft.rfft(r, size)
+    acov = np.fft.irfft(f * np.conj(f), size)[: n // 2 + 1] / var
+    total = 0.0
+    k = 1
+    while k + 1 < acov.size:
+        pair = acov[k] + acov[k + 1]
+        if pair <= 0.0:
+            break
+        total += pair
+        k += 2
+    return float(min(max(1.0 + 2.0 * total, 1.0), n))
+
+
 def quantile(sk: np.ndarray, q: float) -> float:
     """The q-quantile (0..1) of a sketch; matches ``np.percentile`` of a full sample."""
     n = sk.size

@@ -59,6 +59,7 @@ class SampleModel(_Model):
 
     n: StrictInt = Field(ge=0)
     values: list[FiniteFloat]
+    deff: FiniteFloat = Field(default=1.0, ge=1.0)  # design effect: n values are worth n / deff independent ones
 
     @model_validator(mode="after")
     def _n(self) -> "SampleModel":
@@ -85,7 +86,8 @@ class FileModel(_Model):
 def observation_from_record(record: Mapping[str, Any]) -> Observation:
     """The comparison's view of a stored (or about to be stored) entry."""
     samples = {
-        k: Sample(np.sort(np.asarray(s["values"], dtype=np.float64)), int(s["n"])) for k, s in record.get("samples", {}).items()
+        k: Sample(np.sort(np.asarray(s["values"], dtype=np.float64)), int(s["n"]), max(float(s.get("deff", 1.0)), 1.0))
+        for k, s in record.get("samples", {}).items()
     }
     return Observation(
         metrics=record.get("metrics", {}),
@@ -113,7 +115,7 @@ class BaselineFile:
         if test_id not in self.models:
             return None
         if test_id not in self._entries:
-            self._entries[test_id] = self.models[test_id].model_dump()
+            self._entries[test_id] = self.models[test_id].model_dump(exclude_unset=True)
         return self._entries[test_id]
 
     def observation(self, test_id: str) -> Observation | None:
@@ -234,7 +236,7 @@ def read_for_update(path: Path) -> tuple[dict[str, dict[str, Any]], list[str], s
     problems: list[str] = []
     for tid, entry in raw.items():
         try:
-            kept[str(tid)] = EntryModel.model_validate(entry).model_dump()
+            kept[str(tid)] = EntryModel.model_validate(entry).model_dump(exclude_unset=True)
         except ValidationError as exc:
             first = exc.errors()[0]
             _, where = _loc(tuple(first.get("loc", ())))

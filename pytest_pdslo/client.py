@@ -243,13 +243,13 @@ class _Shape:
     one becomes the new shape.
     """
 
-    __slots__ = ("head", "tail", "cut", "rhead", "rtail", "span")
+    __slots__ = ("head", "tail", "cut", "raw")
 
     def __init__(self) -> None:
-        self.head = self.rhead = b"\xff"  # matches no JSON object: nothing learned yet
-        self.tail = self.rtail = b""
+        self.head = b"\xff"  # matches no JSON object: nothing learned yet
+        self.tail = b""
         self.cut = 1
-        self.span = 0
+        self.raw = _NO_RAW
 
     def count(self, payload: bytes) -> int:
         if payload.startswith(self.head) and payload.endswith(self.tail):
@@ -271,12 +271,17 @@ class _Shape:
             self.tail = tail = payload[k:]
             self.cut = c
             if b"\n" in head or b"\r" in head or b"\n" in tail or b"\r" in tail:
-                self.rhead = b"\xff"  # never the case in compact JSON: no raw reads then
+                self.raw = _NO_RAW  # never the case in compact JSON: no raw reads then
             else:
-                self.rhead = b"\r\ndata: " + head
-                self.rtail = tail + b"\n\n\r\n"
-                self.span = len(self.rhead) + 18
+                rhead = b"\r\ndata: " + head
+                rtail = tail + b"\n\n\r\n"
+                self.raw = (rhead, rtail, 20, len(rhead), len(rtail))
         return n
+
+
+_NO_RAW = (b"\xff", b"", 0, 1, 0)
+"""``_Shape.raw`` before a shape is learned: (framed head, framed tail, how far to look
+for the end of the chunk size line, their lengths); the head matches no read."""
 
 
 class _Fill:
@@ -301,6 +306,7 @@ class _Fill:
 
     def feed(self, data: bytes, now: float) -> None:
         """Raises ``_StreamError`` for a chunk that fails the request."""
+        _fill_ones(self.record)
         try:
             payloads = self.parser.feed(data)
         except SSEError as exc:
@@ -315,12 +321,23 @@ class _Fill:
                 self.done = True
 
     def close(self, now: float) -> None:
+        _fill_ones(self.record)
         for payload in self.parser.close():
             if _handle_event(payload, self.record, now, self.has_text):
                 self.done = True
 
 
+def _fill_ones(record: RequestRecord) -> None:
+    """Complete ``chunk_tokens``: while a request runs it may trail ``chunk_times``, every
+    count it lacks being 1 (``_Sink.on_chunks`` does not append a one-token chunk's 1;
+    whatever appends anything else completes the list first). Call before reading it."""
+    missing = len(record.chunk_times) - len(record.chunk_tokens)
+    if missing > 0:
+        record.chunk_tokens.extend([1] * missing)
+
+
 def _finish(record: RequestRecord, endpoint: Endpoint, spec: RequestSpec, error: str) -> RequestRecord:
+    _fill_ones(record)
     if not error and not record.chunk_times and spec.max_tokens > 0:
         error = "no content chunks in stream (neither text nor token_ids)"
     record.ok = not error
@@ -376,21 +393,32 @@ async def _stream_aiohttp(flavour: _Flavour, session: aiohttp.ClientSession,
 
 
 class _Sink(BodySink):
-    """One lean request's response: fills the record, resolves ``future`` at the end."""
+    """One lean request's response: fills the record; at the end resolves ``future``, or
+    (without one) calls ``done(self)`` — a callback-driven caller's hook (the load
+    generator's closed loop), which may send the next request from there.
+
+    ``conn``, ``deadline``, ``index`` and ``reused`` are the caller's: which connection
+    the request is on, when it times out (perf_counter), its index and whether the
+    connection was a kept-alive one."""
 
     __slots__ = ("fill", "record", "future", "error", "reading", "err_body", "timed_out",
-                 "clean", "shape", "times", "tokens", "has_text")
+                 "clean", "shape", "times", "tokens", "has_text", "finished", "done",
+                 "conn", "deadline", "index", "reused", "fresh")
 
     def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool],
-                 future: asyncio.Future[None]) -> None:
+                 future: asyncio.Future[None] | None = None,
+                 done: Callable[[_Sink], None] | None = None) -> None:
         self.fill = _Fill(record, has_text)
         self.record = record
         self.future = future
+        self.done = done
+        self.finished = False
         self.error = ""
         self.reading = False
         self.err_body: bytes | None = None
         self.timed_out = False
         self.clean = False  # the SSE parser holds nothing: a whole event can skip it
+        self.fresh = False  # clean, but at the body's start: the SSE parser has not started
         self.shape = self.fill.shape
         self.times = record.chunk_times
         self.tokens = record.chunk_tokens
@@ -402,6 +430,10 @@ class _Sink(BodySink):
             self.err_body = b""
         else:
             self.reading = True
+            # Nothing fed yet: the body's first event may skip the SSE parser too (if it
+            # is a whole "data: " event, it has no byte-order mark to strip; the parser
+            # then counts as started). Anything else goes to the parser from the start.
+            self.clean = self.fresh = True
         return True
 
     def on_body(self, data: bytes, now: float) -> bool:
@@ -413,6 +445,13 @@ class _Sink(BodySink):
             if (data.startswith(b"data: ") and data.find(b"\n", 6) == n and data[-1] == 10
                     and b"\r" not in data and n <= MAX_EVENT_BYTES):
                 payload = data[6:n]
+                if self.fresh:
+                    self.fresh = False
+                    self.fill.parser._started = True  # past the byte-order mark check
+                if payload == DONE:  # what _handle_event makes of it
+                    self.fill.done = True
+                    return True
+                _fill_ones(self.record)
                 k = self.shape.count(payload)
                 if k:
                     self.times.append(now)
@@ -429,6 +468,7 @@ class _Sink(BodySink):
             self.err_body += data
             self._http_error()
             return False
+        self.fresh = False
         try:
             self.fill.feed(data, now)
         except _StreamError as exc:
@@ -448,17 +488,15 @@ class _Sink(BodySink):
         token list right before the tail. The first chunk that is anything else ends it."""
         if not self.clean:
             return 0
-        shape = self.shape
-        rhead = shape.rhead
-        rtail = shape.rtail
-        span = shape.span
-        lt = len(rtail)
-        lh = len(rhead)
+        rhead, rtail, span, lh, lt = self.shape.raw
         pos = 0
         end = len(data)
         while True:
-            e = data.find(rhead, pos, pos + span)
-            if e <= pos:
+            # the size line's end, then the head there: two cheap calls where one find of
+            # the long head would preprocess it on every read (the same first match: the
+            # head starts with the line's CRLF, which the hex line cannot hold)
+            e = data.find(b"\r\n", pos, pos + span)
+            if e <= pos or not data.startswith(rhead, e):
                 return pos
             line = data[pos:e]
             size = _CHUNK_SIZES.get(line)
@@ -474,31 +512,33 @@ class _Sink(BodySink):
             nxt = e + size + 4
             k = nxt - lt
             mid = e + lh
-            if (nxt > end or not data.startswith(rtail, k)
+            # (past the read's end, the tail cannot be there: no separate bound check)
+            if (not data.startswith(rtail, k)
                     or data.find(b"\n", mid, k) >= 0 or data.find(b"\r", mid, k) >= 0):
                 return pos
             a = data.find(_TOKEN_IDS, mid, k)
             if a < 0:
                 return pos
             j = a + 12
-            if data[j] == 32:
+            c = data[j]  # j <= k: the tail starts with the list's "]" (never " " or "[")
+            if c == 32:
                 j += 1
-            if j >= k or data[j] != 91:
+                c = data[j]
+            if c != 91:
                 return pos
             inner = data[j + 1:k]
-            if inner.isdigit():
-                self.tokens.append(1)
-            elif inner.strip() and not inner.translate(None, _NOT_INTS):
+            if not inner.isdigit():  # one token: its 1 is not appended (_fill_ones)
+                if not inner.strip() or inner.translate(None, _NOT_INTS):
+                    return pos
+                _fill_ones(self.record)
                 self.tokens.append(inner.count(b",") + 1)
-            else:
-                return pos
             self.times.append(now)
             if nxt == end:
                 return end
             pos = nxt
 
     def on_end(self, exc: BaseException | None) -> None:
-        if self.future.done():
+        if self.finished:
             return
         if self.err_body is not None:
             self._http_error()
@@ -522,12 +562,19 @@ class _Sink(BodySink):
         self._resolve(f"HTTP {self.record.status}: {head.decode(errors='replace')[:200]}")
 
     def _resolve(self, error: str) -> None:
-        if not self.future.done():
-            self.error = error
-            self.future.set_result(None)
+        if self.finished:
+            return
+        self.finished = True
+        self.error = error
+        future = self.future
+        if future is not None:
+            if not future.done():  # a cancelled request's future is done already
+                future.set_result(None)
+        elif self.done is not None:
+            self.done(self)
 
     def on_timeout(self, conn: Connection, timeout: float) -> None:
-        if not self.future.done():
+        if not self.finished:
             self.timed_out = True
             conn.abort()
             self._resolve(f"timeout after {timeout:g}s")
@@ -561,6 +608,13 @@ async def _connect(pool: Pool, origin: Origin, deadline: float) -> Connection:
         task.cancel()
         raise asyncio.TimeoutError
     return task.result()
+
+
+def lean_request(endpoint: Endpoint, spec: RequestSpec) -> bytes:
+    """The bytes the lean transport sends for ``spec`` (request line, headers, JSON body)."""
+    flavour = FLAVOURS[endpoint.api]
+    return build_request(_origin(endpoint.base_url), flavour.path,
+                         json.dumps(flavour.body(endpoint, spec)).encode(), _headers(endpoint))
 
 
 async def _stream_lean(flavour: _Flavour, pool: Pool, endpoint: Endpoint, spec: RequestSpec,
@@ -627,6 +681,8 @@ def _request_func(name: str, flavour: _Flavour) -> RequestFunc:
 
 COMPLETIONS = _Flavour("/v1/completions", _completions_body, _completions_text)
 CHAT = _Flavour("/v1/chat/completions", _chat_body, _chat_text)
+
+FLAVOURS: dict[str, _Flavour] = {"completions": COMPLETIONS, "chat": CHAT}
 
 REQUEST_FUNCS: dict[str, RequestFunc] = {
     "completions": _request_func("completions", COMPLETIONS),

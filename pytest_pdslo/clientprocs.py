@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from pytest_pdslo.client import Endpoint
-from pytest_pdslo.loadgen import LoadResult, LoadSpec, _Raw, _run_async, arrival_offsets, run_in_new_loop
+from pytest_pdslo.loadgen import (LoadResult, LoadSpec, _in_flight, _Raw, _run_async,  # noqa: F401
+                                  arrival_offsets, run_in_new_loop)
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec
 
@@ -69,23 +70,6 @@ def _worker(conn: Any, cpu: int | None, args: dict[str, Any]) -> None:
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
-
-
-def _in_flight(sends: list[float], ends: list[float]) -> tuple[float, int]:
-    """Time-weighted mean and max of requests between send and end, over all workers."""
-    if not sends:
-        return 0.0, 0
-    times = np.concatenate([np.asarray(sends), np.asarray(ends)])
-    steps = np.concatenate([np.ones(len(sends)), -np.ones(len(ends))])
-    order = np.lexsort((steps, times))  # at equal times, ends (-1) before sends (+1)
-    times, steps = times[order], steps[order]
-    count = np.cumsum(steps)
-    span = times[-1] - times[0]
-    peak = int(count.max())
-    if span <= 0:
-        return float(peak), peak
-    area = float(np.sum(count[:-1] * np.diff(times)))
-    return area / span, peak
 
 
 def _merge(parts: list[tuple[LoadResult, _Raw]], index: list[list[int]],

@@ -33,7 +33,8 @@ class HTTPError(Exception):
 class BodySink:
     """What a request does with its response; the protocol calls these in order.
 
-    ``on_head`` gets the status and lower-case headers; ``on_body`` gets body bytes
+    ``on_head`` gets the status and lower-case headers (read-only: the dict may be
+    shared with other responses of the same head); ``on_body`` gets body bytes
     (de-chunked) with the time the network read that held them was taken;
     ``on_end`` is called once with ``None`` when the body ended cleanly, or with the
     exception that ended it. Return ``False`` from ``on_head`` or ``on_body`` to stop
@@ -56,6 +57,11 @@ class BodySink:
         connection reads the rest. The default consumes nothing."""
         return 0
 
+
+_HEADS: dict[bytes, tuple[int, dict[str, str]]] = {}
+"""Response heads already parsed (a server sends the same few heads over and over): the
+head's bytes -> (status, headers). The headers dict is shared: sinks must not change it."""
+_HEADS_MAX = 256
 
 _HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _LENGTH, _EOF, _DONE = range(8)
 _MAX_HEAD = 65536
@@ -109,7 +115,6 @@ class Connection(asyncio.Protocol):
             self.keep = False
             self._close()
             return
-        self.got_bytes = True
         try:
             state = self.state
             if state == _CHUNK_SIZE and not self.buf:
@@ -117,7 +122,8 @@ class Connection(asyncio.Protocol):
                 # a few (coalesced). The sink may take them raw (on_chunks); else each is
                 # handed over as it is: no copy into a buffer, no state machine. Anything
                 # else (a split chunk, extensions, the last chunk) goes to _parse from
-                # where this stopped, which reads it the same way.
+                # where this stopped, which reads it the same way. (got_bytes: the head
+                # was read already.)
                 pos = sink.on_chunks(data, now)
                 end = len(data)
                 if pos == end:
@@ -133,6 +139,12 @@ class Connection(asyncio.Protocol):
                         break
                     nxt = eol + size + 4
                     if size <= 0 or nxt > end or data[nxt - 2:nxt] != b"\r\n":
+                        if size == 0 and end - pos == 5 and data.endswith(b"0\r\n\r\n"):
+                            # the last chunk, no trailer, nothing after: what _parse makes
+                            # of it, without the state machine
+                            self.state = _DONE
+                            self._complete(False)
+                            return
                         break
                     if not on_body(data[eol + 2:nxt - 2], now):
                         self._stop()
@@ -142,6 +154,7 @@ class Connection(asyncio.Protocol):
                     pos = nxt
                 if pos:
                     data = data[pos:]
+            self.got_bytes = True
             if state == _EOF:
                 if not sink.on_body(data, now):
                     self._stop()
@@ -223,7 +236,14 @@ class Connection(asyncio.Protocol):
                         raise HTTPError("response head too large")
                     self.buf = data[pos:]
                     return
-                status, headers = _parse_head(data[pos:head_end])
+                head = data[pos:head_end]
+                parsed = _HEADS.get(head)
+                if parsed is None:
+                    parsed = _parse_head(head)
+                    if len(_HEADS) >= _HEADS_MAX:
+                        _HEADS.clear()
+                    _HEADS[head] = parsed
+                status, headers = parsed
                 pos = head_end + 4
                 if 100 <= status < 200:
                     continue  # 100 Continue and friends: the real head follows
@@ -280,13 +300,21 @@ class Connection(asyncio.Protocol):
     # -- ends ----------------------------------------------------------------------------
 
     def _complete(self, extra: bool) -> None:
-        """The body ended cleanly; bytes after it mean the connection can't be reused."""
+        """The body ended cleanly; bytes after it mean the connection can't be reused.
+
+        A reusable connection goes back to the pool before the sink hears of the end, so
+        that ``on_end`` may send the next request on it at once (a closed loop driven
+        from the callbacks, with no task wake-up in between)."""
         if extra:
             self.keep = False
-        self._finish(None)
         if self.keep and not self.closed:
+            sink, self.sink = self.sink, None
+            self.state = _DONE
             self.pool._release(self)
+            if sink is not None:
+                sink.on_end(None)
         else:
+            self._finish(None)
             self._close()
 
     def _finish(self, exc: BaseException | None) -> None:

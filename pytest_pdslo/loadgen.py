@@ -10,8 +10,12 @@ server's latency.
 The loop is uvloop when installed, the HTTP client ``leanhttp`` (``transport=
 "aiohttp"`` for the general-purpose one), the garbage collector is off for the
 run, and ``procs`` > 1 spreads the streams over worker processes
-(``clientprocs``). ``benchmarks/client_fidelity`` measures the result against a
-server's own write times.
+(``clientprocs``). Over ``leanhttp`` the closed loop (and every warm-up) runs
+without a task per request (``_LeanClosed``): request bytes encoded before the
+run, the next request sent from the callback that ended the previous one, one
+periodic deadline sweep instead of a timer per request, and in-flight counts
+computed from the send and end times after the run. ``benchmarks/client_fidelity``
+measures the result against a server's own write times.
 """
 
 from __future__ import annotations
@@ -28,12 +32,19 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from pytest_pdslo.client import REQUEST_FUNCS, Endpoint, RequestFunc, Session
-from pytest_pdslo.leanhttp import Pool
+from pytest_pdslo.client import (FLAVOURS, REQUEST_FUNCS, Endpoint, RequestFunc, Session,
+                                 _connect, _fill_ones, _finish, _origin, _Sink, lean_request)
+from pytest_pdslo.leanhttp import Connection, HTTPError, Pool
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec
 
 LAG_PROBE_INTERVAL_S = 0.01
+TIMEOUT_SWEEP_S = 0.1
+"""Longest time between two checks of the lean closed loop's request deadlines (one
+periodic sweep over the requests in flight instead of a timer per request)."""
+PREENCODE_MAX_CHARS = 256 << 20
+"""Prompts up to this many characters in all are encoded into request bytes before a
+run (off the measured clock, as the minimal client does); larger sets as they go."""
 TRANSPORTS = ("lean", "aiohttp")
 """HTTP clients the load generator can use: ``lean`` (``leanhttp``, the default) or ``aiohttp``."""
 
@@ -104,38 +115,22 @@ def arrival_offsets(n: int, request_rate: float, burstiness: float = 1.0,
     return np.concatenate(([0.0], np.cumsum(gaps)))
 
 
-class _InFlight:
-    """Time-weighted count of requests between send and completion."""
-
-    __slots__ = ("count", "max", "_area", "_first", "_last")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.max = 0
-        self._area = 0.0
-        self._first: float | None = None
-        self._last = 0.0
-
-    def _advance(self, now: float) -> None:
-        if self._first is None:
-            self._first = self._last = now
-        self._area += self.count * (now - self._last)
-        self._last = now
-
-    def enter(self, now: float) -> None:
-        self._advance(now)
-        self.count += 1
-        self.max = max(self.max, self.count)
-
-    def leave(self, now: float) -> None:
-        self._advance(now)
-        self.count -= 1
-
-    @property
-    def mean(self) -> float:
-        if self._first is None or self._last <= self._first:
-            return float(self.max)
-        return self._area / (self._last - self._first)
+def _in_flight(sends: list[float], ends: list[float]) -> tuple[float, int]:
+    """Time-weighted mean and max of requests between send and end (computed after the
+    run from the two lists, not counted per request while it runs)."""
+    if not sends:
+        return 0.0, 0
+    times = np.concatenate([np.asarray(sends), np.asarray(ends)])
+    steps = np.concatenate([np.ones(len(sends)), -np.ones(len(ends))])
+    order = np.lexsort((steps, times))  # at equal times, ends (-1) before sends (+1)
+    times, steps = times[order], steps[order]
+    count = np.cumsum(steps)
+    span = times[-1] - times[0]
+    peak = int(count.max())
+    if span <= 0:
+        return float(peak), peak
+    area = float(np.sum(count[:-1] * np.diff(times)))
+    return area / span, peak
 
 
 @dataclass(slots=True)
@@ -144,10 +139,11 @@ class _Phase:
 
     specs: list[RequestSpec]
     warmup: bool
+    requests: list[bytes] | None = None
+    """The lean transport's request bytes, encoded before the run (None: as it goes)."""
     records: list[RequestRecord | None] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)
     end_times: list[float] = field(default_factory=list)
-    in_flight: _InFlight = field(default_factory=_InFlight)
 
     def __post_init__(self) -> None:
         n = len(self.specs)
@@ -183,7 +179,10 @@ async def _progress_ticker(phase: "_Phase", report: Callable[[Progress], None], 
     while True:
         await asyncio.sleep(PROGRESS_INTERVAL_S)
         done = sum(phase.finished)
-        tokens = sum(r.output_tokens for r in phase.records if r is not None)
+        records = [r for r in phase.records if r is not None]
+        for r in records:
+            _fill_ones(r)  # the counts of one-token chunks are appended lazily
+        tokens = sum(r.output_tokens for r in records)
         report(Progress(done, total, time.perf_counter() - start, tokens))
 
 
@@ -203,6 +202,153 @@ async def _lag_probe(lags: list[float]) -> None:
         lags.append(max(0.0, time.perf_counter() - start - LAG_PROBE_INTERVAL_S))
 
 
+class _LeanClosed:
+    """The closed loop over the lean transport, driven from the protocol's callbacks.
+
+    What the minimal raw-socket client does, with the plugin's checks kept: when a
+    request ends (``_Sink.done``, called from ``data_received``), its record is
+    finished and the stream's next request is written at once, on the connection
+    just released (no task, no future, no task wake-up per request). The request
+    bytes are encoded before the run. Instead of a timer per request, one sweep every
+    ``TIMEOUT_SWEEP_S`` (or a tenth of the timeout, if shorter) times out the
+    requests past their deadline. Only what needs to wait goes through a task: opening
+    a connection (at the start, after a connection closed) and the one retry, on a
+    fresh connection, of a request whose kept-alive connection the server had dropped
+    before answering (as ``client._stream_lean`` does). Cancelled (the run's deadline),
+    it drops the requests in flight: their records stay unfinished, for ``_settle``.
+    """
+
+    def __init__(self, run: _Run, phase: _Phase, concurrency: int) -> None:
+        endpoint = run.endpoint
+        assert isinstance(run.session, Pool)
+        self.run = run
+        self.pool: Pool = run.session
+        self.endpoint = endpoint
+        self.origin = _origin(endpoint.base_url)
+        self.has_text = FLAVOURS[endpoint.api].has_text
+        self.timeout = endpoint.request_timeout_s
+        self.phase = phase
+        self.n = len(phase.specs)
+        self.streams = min(concurrency, self.n)
+        self.next = 0
+        self.active: dict[int, _Sink] = {}
+        self.stopped = False
+        self.finished: asyncio.Future[None] | None = None
+        self.sweeper: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def drive(self) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        self.finished = loop.create_future()
+        interval = max(0.001, min(TIMEOUT_SWEEP_S, self.timeout / 10))
+        self.sweeper = loop.call_later(interval, self._sweep, interval)
+        try:
+            if self.streams:
+                for _ in range(self.streams):
+                    self._start_next()
+                await self.finished
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        """No more requests; drop those in flight (cancelled: their records stay unfinished)."""
+        self.stopped = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        active, self.active = self.active, {}
+        for sink in active.values():
+            sink.conn.abort()
+        phase = self.phase
+        now = time.perf_counter()
+        for i in range(self.next):  # sent, not ended (connecting, in flight): ended now
+            if phase.records[i] is not None and math.isnan(phase.end_times[i]):
+                phase.end_times[i] = now
+
+    def _sweep(self, interval: float) -> None:
+        now = time.perf_counter()
+        late = [s for s in self.active.values() if s.deadline <= now]
+        for sink in late:
+            sink.on_timeout(sink.conn, self.timeout)
+        if not self.stopped:
+            self.sweeper = self.loop.call_later(interval, self._sweep, interval)  # type: ignore[union-attr]
+
+    def _start_next(self) -> None:
+        """Send the next request on a free connection (or open one); end the stream if none is left."""
+        if self.stopped:
+            return
+        i = self.next
+        if i >= self.n:
+            self.streams -= 1
+            if self.streams == 0 and self.finished is not None and not self.finished.done():
+                self.finished.set_result(None)
+            return
+        self.next = i + 1
+        phase = self.phase
+        record = RequestRecord(send_time=time.perf_counter(), warmup=phase.warmup)
+        phase.records[i] = record
+        conn = self.pool.idle(self.origin)
+        if conn is None:
+            self.run.spawn(self._fresh(i, record))
+        else:
+            self._send(i, record, conn, True)
+
+    def _send(self, i: int, record: RequestRecord, conn: Connection, reused: bool) -> None:
+        if self.stopped:
+            conn.abort()
+            return
+        sink = _Sink(record, self.has_text, None, self._done)
+        sink.index = i
+        sink.conn = conn
+        sink.reused = reused
+        sink.deadline = record.send_time + self.timeout
+        self.active[i] = sink
+        requests = self.phase.requests
+        conn.start(requests[i] if requests is not None
+                   else lean_request(self.endpoint, self.phase.specs[i]), sink)
+
+    async def _fresh(self, i: int, record: RequestRecord) -> None:
+        """Open a connection for request ``i`` and send it there (a task: connecting waits)."""
+        try:
+            conn = await _connect(self.pool, self.origin, record.send_time + self.timeout)
+        except asyncio.TimeoutError:  # connecting took the whole timeout
+            error = f"timeout after {self.timeout:g}s"
+        except (OSError, HTTPError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a failed record, never a lost stream
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            self._send(i, record, conn, False)
+            return
+        self._end(i, record, error)
+
+    def _done(self, sink: _Sink) -> None:
+        i = sink.index
+        self.active.pop(i, None)
+        if self.stopped:
+            return
+        record = sink.record
+        if (sink.reused and sink.error and not sink.conn.got_bytes and not sink.timed_out
+                and not record.chunk_times):
+            # a kept-alive connection the server had dropped: once more, on a fresh one
+            self.run.spawn(self._fresh(i, record))
+            return
+        self._end(i, record, sink.error)
+
+    def _end(self, i: int, record: RequestRecord, error: str) -> None:
+        phase = self.phase
+        _finish(record, self.endpoint, phase.specs[i], error)
+        phase.finished[i] = True
+        phase.end_times[i] = time.perf_counter()
+        self._start_next()
+
+
+def _encode(endpoint: Endpoint, specs: Sequence[RequestSpec]) -> list[bytes] | None:
+    """The lean request bytes of ``specs``, unless their prompts are too large to hold twice."""
+    if sum(len(s.prompt) for s in specs) > PREENCODE_MAX_CHARS:
+        return None
+    return [lean_request(endpoint, s) for s in specs]
+
+
 class _Run:
     """Shared state of one run: session, request function and every task spawned."""
 
@@ -212,6 +358,7 @@ class _Run:
         self.endpoint = endpoint
         self.func = func
         self.tasks: list[asyncio.Task[Any]] = []
+        self.lean = isinstance(session, Pool)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -225,17 +372,18 @@ class _Run:
             return
         record = RequestRecord(send_time=time.perf_counter(), warmup=phase.warmup)
         phase.records[i] = record
-        phase.in_flight.enter(record.send_time)
         try:
             await self.func(self.session, self.endpoint, phase.specs[i], record)
             phase.finished[i] = True
         finally:
-            now = time.perf_counter()
-            phase.end_times[i] = now
-            phase.in_flight.leave(now)
+            phase.end_times[i] = time.perf_counter()
 
     async def closed(self, phase: _Phase, concurrency: int) -> None:
-        """``concurrency`` workers pulling the next request from one shared iterator."""
+        """``concurrency`` workers pulling the next request from one shared iterator
+        (over the lean transport: ``_LeanClosed``, the same loop without the tasks)."""
+        if self.lean:
+            await _LeanClosed(self, phase, concurrency).drive()
+            return
         indices = iter(range(len(phase.specs)))
 
         async def worker() -> None:
@@ -292,6 +440,7 @@ def _settle(phase: _Phase, message: str, now: float) -> list[RequestRecord]:
             record = RequestRecord(send_time=now, warmup=phase.warmup,
                                    error=f"{message} (not sent)")
         elif not phase.finished[i]:
+            _fill_ones(record)
             record.ok = False
             record.error = message
         records.append(record)
@@ -376,6 +525,11 @@ async def _run_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: 
     gc.disable()
     try:
         run = _Run(session, endpoint, func)
+        if run.lean and load.concurrency is not None:  # the closed loop sends prepared bytes
+            warm.requests = _encode(endpoint, warm.specs)
+            measured.requests = _encode(endpoint, measured.specs)
+        elif run.lean and warm.specs:  # the warm-up runs closed loop
+            warm.requests = _encode(endpoint, warm.specs)
         try:
             if warm.specs:
                 warm_c = load.concurrency or load.max_concurrency or len(warm.specs)
@@ -410,13 +564,17 @@ async def _run_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: 
     records = _settle(measured, message, now)
     sends = [r.send_time for r in measured.records if r is not None]
     ends = [t for t in measured.end_times if not math.isnan(t)]
+    # in flight: every request that was sent has ended by now (a cancelled one when the
+    # run stopped), so the pairs are whole
+    mean, peak = _in_flight([r.send_time for r, t in zip(measured.records, measured.end_times)
+                             if r is not None and not math.isnan(t)], ends)
     lag_ms = np.asarray(lags) * 1000.0
     result = LoadResult(
         records=records,
         warmup_records=_settle(warm, message, now),
         duration_s=max(ends) - min(sends) if sends and ends else 0.0,
-        in_flight_mean=measured.in_flight.mean if sends else 0.0,
-        in_flight_max=measured.in_flight.max,
+        in_flight_mean=mean,
+        in_flight_max=peak,
         loop_lag_p99_ms=float(np.percentile(lag_ms, 99)) if lag_ms.size else 0.0,
         loop_lag_max_ms=float(lag_ms.max()) if lag_ms.size else 0.0,
         deadline_hit=hit,

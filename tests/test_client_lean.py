@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 import pytest_pdslo.leanhttp as lean
 from pytest_pdslo.client import (COMPLETIONS, REQUEST_FUNCS, STREAM_CUT, Endpoint, _Shape,
-                                 _Sink, _handle_event, _StreamError, fast_token_count)
+                                 _Sink, _fill_ones, _handle_event, _StreamError,
+                                 fast_token_count)
 from pytest_pdslo.leanhttp import _CHUNK_SIZE, Connection, Origin, Pool, build_request
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec
@@ -414,7 +415,10 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[list, list, str]:
         record = RequestRecord(send_time=0.0)
         sink = (_Sink if fast else _SlowSink)(record, COMPLETIONS.has_text,
                                               loop.create_future())
-        sink.reading = True
+        if fast:
+            sink.on_head(200, {})  # the body's first event may skip the SSE parser too
+        else:
+            sink.reading = True
         if not fast:
             sink.shape = sink.fill.shape = _NoShape()  # type: ignore[assignment]
         conn = Connection(Pool(), ("http", "h", 1))  # no transport: nothing is sent
@@ -424,6 +428,7 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[list, list, str]:
             if conn.sink is None:
                 break
             conn.data_received(read)
+    _fill_ones(record)
     return record.chunk_times, record.chunk_tokens, sink.error
 
 
@@ -434,7 +439,8 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[list, list, str]:
     chunks(),
     st.sampled_from([b"[DONE]", b"", b'{"error":{"message":"x"}}', _vllm(1, rid="other")]),
 ), min_size=1, max_size=10),
-    raw=st.lists(st.sampled_from([b"", b"\n", b"\r", b"\r\n", b"x", b":c\n"]), max_size=10),
+    raw=st.lists(st.sampled_from([b"", b"\n", b"\r", b"\r\n", b"x", b":c\n", b"\xef\xbb\xbf"]),
+                 max_size=10),
     sizes=st.lists(st.sampled_from(["%x", "%X", "0%x", "%x;e=1"]), min_size=10, max_size=10),
     cuts=st.lists(st.integers(1, 400), max_size=12))
 def test_raw_chunk_path_agrees_with_the_decoder(events: list[bytes], raw: list[bytes],
@@ -478,3 +484,87 @@ def test_raw_chunk_path_takes_a_vllm_stream(monkeypatch: Any) -> None:
                                            True)
     assert times == [0, 1, 2, 3, 4, 5, 5] and tokens == [1] * 6 + [2] and not error
     assert calls[1:-1] == [True] * 5  # from the second read on: no decoder, no SSE parser
+
+
+def test_first_event_after_a_byte_order_mark() -> None:
+    # the body's first event skips the SSE parser only when it is a plain "data: " event;
+    # a byte-order mark at the start goes through the parser, which strips it
+    events = [frame(b"\xef\xbb\xbf" + token_chunk(0)), frame(token_chunk(1)),
+              frame(b"\xef\xbb\xbf" + token_chunk(2)), frame(sse("[DONE]")) + b"0\r\n\r\n"]
+    fast = _record_through(events, True)
+    assert fast == _record_through(events, False)
+    assert fast[1] == [1, 1]  # the mark mid-stream is not one: that event is not "data"
+
+
+# -- the load generator's closed loop over the lean transport (loadgen._LeanClosed) ------
+
+
+def _closed(url: str, n: int, concurrency: int, timeout_s: float = 5.0,
+            deadline_s: float = 60.0) -> Any:
+    from pytest_pdslo.loadgen import LoadSpec, run_load_async
+
+    ep = Endpoint(url, "m", request_timeout_s=timeout_s)
+    specs = [RequestSpec(f"p{i}", 3) for i in range(n)]
+
+    async def go() -> Any:
+        result = await run_load_async(ep, specs, LoadSpec(concurrency=concurrency,
+                                                          deadline_s=deadline_s))
+        current = asyncio.current_task()
+        return result, {t for t in asyncio.all_tasks() if t is not current}
+
+    return asyncio.run(go())
+
+
+def test_closed_loop_sends_the_next_request_on_the_released_connection(scripted: Any) -> None:
+    srv = scripted(lambda n: [CHUNKED])
+    result, leftover = _closed(srv.url, 6, 2)
+    assert leftover == set()
+    assert all(r.ok and r.chunk_tokens == [1, 2] and r.completion_tokens == 3
+               for r in result.records), [r.error for r in result.records]
+    assert srv.connections == 2  # each stream kept its connection
+    assert result.in_flight_max == 2
+
+
+def test_closed_loop_retries_a_dropped_kept_alive_connection(scripted: Any) -> None:
+    srv = scripted(lambda n: [CHUNKED] if n == 0 else [b""])
+    result, _ = _closed(srv.url, 4, 1)
+    assert all(r.ok for r in result.records), [r.error for r in result.records]
+    assert srv.connections == 4
+
+
+def test_closed_loop_opens_a_connection_when_the_server_closes_them(scripted: Any) -> None:
+    head = HEAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    srv = scripted(lambda n: [head + CHUNKED[len(HEAD):]])
+    result, _ = _closed(srv.url, 5, 2)
+    assert all(r.ok for r in result.records), [r.error for r in result.records]
+    assert srv.connections == 5
+
+
+def test_closed_loop_failures_are_records(scripted: Any) -> None:
+    srv = scripted(lambda n: [b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy"])
+    result, _ = _closed(srv.url, 5, 2)
+    assert [r.error for r in result.records] == ["HTTP 503: busy"] * 5
+    assert [r.status for r in result.records] == [503] * 5
+
+
+def test_closed_loop_timeout_sweep_fires(scripted: Any) -> None:
+    # head and one chunk, then silence: the periodic deadline sweep ends each request
+    # (no timer per request), the stream goes on with the next one
+    srv = scripted(lambda n: [HEAD + frame(token_chunk(0))])
+    result, leftover = _closed(srv.url, 3, 2, timeout_s=0.2)
+    assert leftover == set()
+    assert not result.deadline_hit
+    assert [r.error for r in result.records] == ["timeout after 0.2s"] * 3
+    assert all(r.chunk_times and r.chunk_tokens == [1] for r in result.records)
+
+
+def test_closed_loop_cancelled_at_the_deadline_keeps_partial_records(scripted: Any) -> None:
+    srv = scripted(lambda n: [HEAD + frame(token_chunk(0))])
+    result, leftover = _closed(srv.url, 5, 2, deadline_s=0.3)
+    assert leftover == set()
+    assert result.deadline_hit
+    sent = result.records[:2]
+    assert all(r.error == "run deadline of 0.3s reached" and r.chunk_tokens == [1]
+               and len(r.chunk_times) == 1 and r.status == 200 for r in sent)
+    assert all(r.error.endswith("(not sent)") for r in result.records[2:])
+    assert result.in_flight_max == 2 and result.duration_s > 0

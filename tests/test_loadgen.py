@@ -222,3 +222,26 @@ def test_procs_deadline(server: StreamingServer) -> None:
 def test_procs_validation(server: StreamingServer) -> None:
     with pytest.raises(ValueError, match="procs"):
         run_load(endpoint(server), make_requests(1, 8, 3), LoadSpec(concurrency=1), procs=0)
+
+
+def test_lean_closed_loop_spawns_no_task_per_request(server: StreamingServer) -> None:
+    # the next request is sent from the callback that ended the previous one: tasks are
+    # only for opening connections (one per stream here) and the run's own helpers
+    created = []
+
+    async def go() -> LoadResult:
+        loop = asyncio.get_running_loop()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: object, **kw: object) -> asyncio.Task:
+            created.append(getattr(coro, "__qualname__", ""))
+            return asyncio.Task(coro, loop=loop, **kw)  # type: ignore[arg-type]
+
+        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        return await run_load_async(endpoint(server), make_requests(40, 8, 3),
+                                    LoadSpec(concurrency=4), warmup=make_requests(4, 8, 3))
+
+    result = asyncio.run(go())
+    assert all(r.ok for r in result.records + result.warmup_records)
+    assert result.in_flight_max == 4
+    assert sum("_fresh" in name for name in created) == 4  # the warm-up's connections
+    assert len(created) < 20

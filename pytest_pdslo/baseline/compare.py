@@ -479,11 +479,14 @@ def decide(
         worse = change < -tol and (hi < 0 or slower > z)
         better = change > tol and (lo > 0 or faster < -z)
     interval_says = (lo > 0 or hi < 0) and (tail_z is None or abs(tail_z) > z)
+
     def by_rank(zr: float) -> str:
+        """The reason, when the rank test (not the interval) called the change."""
         if interval_says or rank_z is None:
             return ""
         p = 1.0 - NormalDist().cdf(abs(zr))
-        return f"rank test: requests {rank_size * 100:+.1f}% (Hodges-Lehmann), one-sided p={p:.1g}" if rank_size is not None else f"rank test one-sided p={p:.1g}"
+        size = f"requests {rank_size * 100:+.1f}% (Hodges-Lehmann), " if rank_size is not None else ""
+        return f"rank test: {size}one-sided p={p:.1g}"
 
     if worse:
         return verdict("regression", by_rank(slower), change, low, high)

@@ -126,7 +126,7 @@ class Sample:
     @property
     def n_eff(self) -> float:
         """Independent values' worth."""
-        return self.n / self.deff if self.deff > 1.0 else float(self.n)
+        return self.n / self.deff
 
 
 @dataclass(frozen=True)
@@ -335,8 +335,9 @@ def exceedance_shift(base: Sample, now: Sample, base_q: float, q: float) -> floa
     noise. Asking the question the gate means instead ("do more requests than
     before take longer than the baseline's p90?") needs no such assumption:
     the share of "now" above the baseline's quantile against ``1 - q``
-    (compared on the arcsine-root scale), with the binomial variance of both sides (the baseline's quantile is itself a
-    level estimated from its ``n`` values), each scaled by its design effect.
+    (compared on the arcsine-root scale), with the binomial variance of both
+    sides (the baseline's quantile is itself a level estimated from its ``n``
+    values), each scaled by its design effect.
     Positive when "now" is slower.
     """
     if not base_q > 0 or now.values.size == 0 or base.n == 0 or now.n == 0:
@@ -514,18 +515,19 @@ def compare(
         rz = _rank_z(baseline, now, gate.metric)
         # the shift's size matters only where the rank test speaks
         size = _rank_size(baseline, now, gate.metric) if rz is not None and abs(rz) > z else None
-        out.append(decide(b, c, gate, confidence, rz, _tail_z(baseline, now, gate, b, c), size))
+        out.append(decide(b, c, gate, confidence, rz, _tail_z(baseline, now, gate, b), size))
     return out
 
 
-def _tail_z(baseline: Observation, now: Observation, gate: Gate, b: Estimate, c: Estimate) -> float | None:
-    if gate.metric not in slo_mod.LATENCY_METRICS or _quantile_level(gate.statistic) is None or not math.isfinite(b.value):
+def _tail_z(baseline: Observation, now: Observation, gate: Gate, b: Estimate) -> float | None:
+    if gate.metric not in slo_mod.LATENCY_METRICS or not math.isfinite(b.value):
+        return None
+    q = _quantile_level(gate.statistic)
+    if q is None:
         return None
     bs, cs = baseline.samples.get(gate.metric), now.samples.get(gate.metric)
     if bs is None or cs is None or bs.n == 0 or cs.n == 0:
         return None
-    q = _quantile_level(gate.statistic)
-    assert q is not None
     return exceedance_shift(bs, cs, b.value, q)
 
 
@@ -583,12 +585,12 @@ def compare_samples(
     """Compare two sets of per-request values of one latency metric (scripts and tests)."""
     b = Observation.from_values({metric: baseline})
     c = Observation.from_values({metric: now})
-    z = z_for(confidence)
     gate = Gate(metric, statistic, tolerance)
-    eb, ec = estimate(b, metric, statistic, z), estimate(c, metric, statistic, z)
-    rz = _rank_z(b, c, metric)
-    size = _rank_size(b, c, metric) if rz is not None and abs(rz) > z else None
-    return decide(eb, ec, gate, confidence, rz, _tail_z(b, c, gate, eb, ec), size)
+    verdicts = compare(b, c, [gate], confidence)
+    if verdicts:
+        return verdicts[0]
+    z = z_for(confidence)  # no data on either side: compare() leaves the gate out, say so here
+    return decide(estimate(b, metric, statistic, z), estimate(c, metric, statistic, z), gate, confidence)
 
 
 def worst(verdicts: Iterable[MetricVerdict]) -> str | None:

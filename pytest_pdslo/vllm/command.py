@@ -280,23 +280,28 @@ def kv_transfer_from_args(args: Sequence[str]) -> dict[str, Any] | None:
     return cfg
 
 
+def _is_auto(setting: str | None) -> bool:
+    """Whether a ``launch.kv_connector`` value leaves the choice to the node (unset or ``auto``)."""
+    return (setting or "auto").strip().lower() == "auto"
+
+
 def resolve_connector(setting: str | None, device: str) -> str:
     """The connector class a ``launch.kv_connector`` value means on this node.
 
     ``auto``: NixlConnector where vLLM runs on GPUs (ROCm or CUDA: RDMA/XGMI transfer),
     ExampleConnector on CPU (no NIXL there; KV through a shared directory).
     """
-    value = (setting or "auto").strip()
-    if value.lower() == "auto":
+    if _is_auto(setting):
         return "NixlConnector" if device == "gpu" else "ExampleConnector"
+    value = str(setting).strip()
     return CONNECTOR_ALIASES.get(value.lower(), value)
 
 
 def connector_conflict(args: Sequence[str], setting: str | None) -> str | None:
     """Why an explicit ``kv_connector`` and the args' ``--kv-transfer-config`` disagree, if they do."""
-    value = (setting or "auto").strip()
-    if value.lower() == "auto":
+    if _is_auto(setting):
         return None
+    value = str(setting).strip()
     cfg = kv_transfer_from_args(args)
     named = (cfg or {}).get("kv_connector")
     wanted = resolve_connector(value, "cpu")
@@ -346,7 +351,7 @@ def pd_connector(args: Sequence[str], setting: str | None, device: str,
     else:
         name = resolve_connector(setting, device)
         base["kv_connector"] = name
-        source = "auto" if (setting or "auto").strip().lower() == "auto" else "launch.kv_connector"
+        source = "auto" if _is_auto(setting) else "launch.kv_connector"
     roles = ("kv_both", "kv_both") if name in NIXL_CONNECTORS else ("kv_producer", "kv_consumer")
     configs: list[dict[str, Any]] = []
     for role in roles:

@@ -73,6 +73,7 @@ def test_round_trip(tmp_path: Path) -> None:
         ("STRING_METRIC", "entry 'a[1]': metrics.p90_ttft_ms: must be a number, true/false or null, got 'fast'"),
         ("EXTRA_KEY", "entry 'a[1]': colour: unknown key"),
         ("MISSING_KEY", "entry 'a[1]': requests: required key is missing"),
+        ("SMALL_DEFF", "entry 'a[1]': samples.ttft_ms.deff:"),
     ],
 )
 def test_unusable_files_name_the_file_and_the_entry(tmp_path: Path, text: str, expected: str) -> None:
@@ -89,6 +90,9 @@ def test_unusable_files_name_the_file_and_the_entry(tmp_path: Path, text: str, e
         text = json.dumps(good)
     elif text == "MISSING_KEY":
         del e["requests"]
+        text = json.dumps(good)
+    elif text == "SMALL_DEFF":  # a design effect below 1 would claim more requests than were run
+        e["samples"]["ttft_ms"]["deff"] = 0.5
         text = json.dumps(good)
     path = tmp_path / "s.json"
     path.write_text(text)

@@ -143,11 +143,31 @@ class _StreamError(Exception):
     """A stream that must end the request as failed (message is the record's error)."""
 
 
+_S = rb'"[\x20\x21\x23-\x5b\x5d-\x7e]*+"'  # a JSON string of printable ASCII, no escapes
+_N = rb'(?:0|[1-9][0-9]*+)'  # a JSON integer >= 0
+_V = rb'(?:' + _S + rb'|-?' + _N + rb'|null)'
+_USAGE_CHUNK = re.compile(
+    rb'\{(?:"(?!error")[a-z_]++":' + _V + rb',)*+"choices":\[\],'
+    rb'"usage":\{"prompt_tokens":(' + _N + rb'),"total_tokens":' + _N
+    + rb',"completion_tokens":(' + _N + rb')(?:,"prompt_tokens_details":null)?\}'
+    rb'(?:,"(?!(?:error|choices|usage)")[a-z_]++":' + _V + rb')*+\}').fullmatch
+"""vLLM's usage chunk (no choices; the usage object in vLLM's key order), matched whole:
+valid JSON by construction (ASCII strings without escapes or control characters, integers
+without leading zeros), so what ``json.loads`` would make of it is known: no content,
+these two counts; no ``"error"`` key, no second ``choices`` or ``usage`` after it. At
+twice the speed of the parse; anything else is parsed."""
+
+
 def _handle_event(payload: bytes, record: RequestRecord, now: float,
                   has_text: Callable[[dict[str, Any]], bool]) -> bool:
     """Apply one SSE payload to ``record`` with a full JSON parse; return True at ``[DONE]``."""
     if payload == DONE:
         return True
+    usage_chunk = _USAGE_CHUNK(payload)
+    if usage_chunk is not None:
+        record.prompt_tokens = int(usage_chunk[1])
+        record.completion_tokens = int(usage_chunk[2])
+        return False
     try:
         data = json.loads(payload.decode())  # str skips json's encoding sniffing
     except ValueError:  # UnicodeDecodeError included
@@ -224,6 +244,24 @@ def fast_token_count(payload: bytes) -> int:
 
 _CHUNK_SIZES = {v: n for n in range(1, 4096) for v in (b"%x" % n, b"%X" % n)}
 """HTTP chunk size lines of SSE events (hex, no leading zeros) and their values."""
+
+
+def _one_chunk_lines(top: int) -> tuple[list[bytes | None], list[int]]:
+    lines: list[bytes | None] = [None] * top
+    lens = [0] * top
+    for end in range(top):
+        for digits in (2, 3):
+            size = end - digits - 4
+            if 16 ** (digits - 1) <= size < 16 ** digits:
+                lines[end] = b"%x" % size
+                lens[end] = digits
+    return lines, lens
+
+
+_ONE_MAX = 4103
+_ONE_LINE, _ONE_L = _one_chunk_lines(_ONE_MAX)
+"""By a read's length: the size line of the one chunk it would be if it were exactly one
+(2 or 3 hex digits, as servers write them), and that line's length."""
 
 
 class _Shape:
@@ -485,12 +523,32 @@ class _Sink(BodySink):
         chunk, in a few bytes methods: a chunk size line of hex digits only, matching
         the length; the head and tail (which hold no line break: the framing's and the
         event's own are in ``rhead`` and ``rtail``) and no line break between them; the
-        token list right before the tail. The first chunk that is anything else ends it."""
+        token list right before the tail. The first chunk that is anything else ends it.
+        A read of exactly one such chunk of one token (a stream's usual read) is tried
+        first, its size line told by its length (``_ONE_LINE``): fewer calls, same checks."""
         if not self.clean:
             return 0
         rhead, rtail, span, lh, lt = self.shape.raw
-        pos = 0
         end = len(data)
+        if end < _ONE_MAX:
+            # the usual read: exactly one chunk, whose size line the read's length tells
+            line = _ONE_LINE[end]
+            if line is not None and data.startswith(line):
+                mid = _ONE_L[end] + lh
+                k = end - lt
+                if (data.startswith(rhead, mid - lh) and data.endswith(rtail)
+                        and data.find(b"\n", mid, k) < 0 and data.find(b"\r", mid, k) < 0):
+                    a = data.find(_TOKEN_IDS, mid, k)
+                    if a >= 0:
+                        j = a + 12
+                        c = data[j]
+                        if c == 32:
+                            j += 1
+                            c = data[j]
+                        if c == 91 and data[j + 1:k].isdigit():
+                            self.times.append(now)
+                            return end
+        pos = 0
         while True:
             # the size line's end, then the head there: two cheap calls where one find of
             # the long head would preprocess it on every read (the same first match: the

@@ -58,9 +58,10 @@ class BodySink:
         return 0
 
 
-_HEADS: dict[bytes, tuple[int, dict[str, str]]] = {}
+_HEADS: dict[bytes, tuple[int, dict[str, str], int, int, bool]] = {}
 """Response heads already parsed (a server sends the same few heads over and over): the
-head's bytes -> (status, headers). The headers dict is shared: sinks must not change it."""
+head's bytes -> (status, headers, then ``_body_mode``'s state, bytes left and keep-alive).
+The headers dict is shared: sinks must not change it."""
 _HEADS_MAX = 256
 
 _HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _LENGTH, _EOF, _DONE = range(8)
@@ -239,16 +240,16 @@ class Connection(asyncio.Protocol):
                 head = data[pos:head_end]
                 parsed = _HEADS.get(head)
                 if parsed is None:
-                    parsed = _parse_head(head)
+                    status, headers = _parse_head(head)
+                    parsed = (status, headers) + (_body_mode(status, headers)
+                                                  if not 100 <= status < 200 else (_HEAD, 0, True))
                     if len(_HEADS) >= _HEADS_MAX:
                         _HEADS.clear()
                     _HEADS[head] = parsed
-                status, headers = parsed
+                status, headers, self.state, self.left, self.keep = parsed
                 pos = head_end + 4
                 if 100 <= status < 200:
                     continue  # 100 Continue and friends: the real head follows
-                if not self._body_mode(status, headers):
-                    return
                 if not sink.on_head(status, headers):
                     self._stop()
                     return
@@ -277,25 +278,6 @@ class Connection(asyncio.Protocol):
                 if not sink.on_body(data[pos:], now):
                     self._stop()
                 return
-
-    def _body_mode(self, status: int, headers: dict[str, str]) -> bool:
-        conn_hdr = headers.get("connection", "").lower()
-        self.keep = "close" not in conn_hdr
-        te = headers.get("transfer-encoding", "").lower()
-        if status in (204, 304):
-            self.state = _DONE
-        elif "chunked" in te:
-            self.state = _CHUNK_SIZE
-        elif "content-length" in headers:
-            try:
-                self.left = int(headers["content-length"])
-            except ValueError:
-                raise HTTPError("bad Content-Length") from None
-            self.state = _LENGTH if self.left > 0 else _DONE
-        else:
-            self.state = _EOF
-            self.keep = False
-        return True
 
     # -- ends ----------------------------------------------------------------------------
 
@@ -353,6 +335,22 @@ class Connection(asyncio.Protocol):
             self._finish(ConnectionResetError("connection closed by the server before a response"))
             return
         self.transport.write(request)
+
+
+def _body_mode(status: int, headers: dict[str, str]) -> tuple[int, int, bool]:
+    """How a final response's body is read: (state, bytes left, keep-alive)."""
+    keep = "close" not in headers.get("connection", "").lower()
+    if status in (204, 304):
+        return _DONE, 0, keep
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return _CHUNK_SIZE, 0, keep
+    if "content-length" in headers:
+        try:
+            left = int(headers["content-length"])
+        except ValueError:
+            raise HTTPError("bad Content-Length") from None
+        return (_LENGTH if left > 0 else _DONE), left, keep
+    return _EOF, 0, False
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest_pdslo.client as client_mod
 import pytest_pdslo.leanhttp as lean
 from pytest_pdslo.client import (COMPLETIONS, REQUEST_FUNCS, STREAM_CUT, Endpoint, _Shape,
                                  _Sink, _fill_ones, _handle_event, _StreamError,
@@ -367,6 +368,80 @@ def test_error_events_are_never_fast(payload: bytes) -> None:
         full_count(payload)
 
 
+@st.composite
+def usage_chunks(draw: st.DrawFn) -> bytes:
+    """vLLM's usage chunk (half of them as vLLM writes it), and near misses: keys moved,
+    dropped, doubled or added; odd strings and numbers; an error key; spaced separators;
+    textual damage."""
+    plain = draw(st.booleans())
+    usage: dict[str, Any] = {"prompt_tokens": draw(st.integers(0, 10 ** 6)),
+                             "total_tokens": draw(st.integers(0, 10 ** 6)),
+                             "completion_tokens": draw(st.integers(0, 10 ** 6))}
+    details = draw(st.sampled_from(["absent", "absent", None, {"cached_tokens": 0}]))
+    if details != "absent":
+        usage["prompt_tokens_details"] = details
+    ascii_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+    body: dict[str, Any] = {"id": draw(ascii_text if plain else json_text),
+                            "object": "text_completion", "created": draw(st.integers(-5, 10 ** 10)),
+                            "model": draw(ascii_text)}
+    body["choices"] = []
+    body["usage"] = usage
+    if not plain:
+        if draw(st.booleans()):
+            usage = dict(draw(st.permutations(list(usage.items()))))
+        body["choices"] = draw(st.sampled_from([[], [{"index": 0, "token_ids": [5]}], None]))
+        body["usage"] = draw(st.sampled_from([usage, None, {}]))
+        if draw(st.booleans()):
+            body[draw(st.sampled_from(["error", "extra", "usage", "choices"]))] = draw(
+                st.sampled_from([None, 1, "e", {"message": "boom"}, []]))
+        if draw(st.booleans()):
+            body = dict(draw(st.permutations(list(body.items()))))
+    text = json.dumps(body, separators=(",", ":") if plain or draw(st.booleans()) else None,
+                      ensure_ascii=draw(st.booleans()))
+    damage = draw(st.sampled_from(["", "", "", "zero", "dup", "ctrl", "cut", "tail", "neg"]))
+    if damage == "zero":
+        text = text.replace('_tokens":', '_tokens":0', 1)
+    elif damage == "dup":
+        text = text[:-1] + ',"choices":null}'
+    elif damage == "ctrl":
+        text = text.replace('"id":"', '"id":"\x01', 1)
+    elif damage == "cut":
+        text = text[:-1]
+    elif damage == "tail":
+        text += " "
+    elif damage == "neg":
+        text = text.replace('"prompt_tokens":', '"prompt_tokens":-', 1)
+    return text.encode()
+
+
+def _event_outcome(payload: bytes) -> tuple[Any, ...]:
+    record = RequestRecord(send_time=0.0)
+    try:
+        done = _handle_event(payload, record, 1.0, COMPLETIONS.has_text)
+    except _StreamError as exc:
+        return ("error", str(exc))
+    return (done, record.chunk_times, record.chunk_tokens, record.prompt_tokens,
+            record.completion_tokens)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(payload=usage_chunks())
+def test_usage_chunk_read_is_the_json_parse(payload: bytes) -> None:
+    # the matched usage chunk skips json.loads: same record, same error, as the parse
+    fast = _event_outcome(payload)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(client_mod, "_USAGE_CHUNK", lambda payload: None)
+        assert fast == _event_outcome(payload)
+
+
+def test_vllm_usage_chunk_is_read_without_json() -> None:
+    payload = (b'{"id":"cmpl-9","object":"text_completion","created":1700000000,"model":"m",'
+               b'"choices":[],"usage":{"prompt_tokens":3000,"total_tokens":3128,'
+               b'"completion_tokens":128}}')
+    assert client_mod._USAGE_CHUNK(payload) is not None
+    assert _event_outcome(payload) == (False, [], [], 3000, 128)
+
+
 # -- the stream-shape fast paths (_Shape.count, _Sink.on_chunks) -------------------------
 
 def _vllm(k: int, text: str = " t", ids: list[int] | None = None, finish: str | None = None,
@@ -432,23 +507,9 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[list, list, str]:
     return record.chunk_times, record.chunk_tokens, sink.error
 
 
-@settings(max_examples=300, deadline=None)
-@given(events=st.lists(st.one_of(
-    st.builds(lambda k, n: _vllm(k, ids=list(range(n + 1))), st.integers(0, 9), st.integers(0, 2)),
-    st.builds(_vllm, st.integers(0, 9), json_text),
-    chunks(),
-    st.sampled_from([b"[DONE]", b"", b'{"error":{"message":"x"}}', _vllm(1, rid="other")]),
-), min_size=1, max_size=10),
-    raw=st.lists(st.sampled_from([b"", b"\n", b"\r", b"\r\n", b"x", b":c\n", b"\xef\xbb\xbf"]),
-                 max_size=10),
-    sizes=st.lists(st.sampled_from(["%x", "%X", "0%x", "%x;e=1"]), min_size=10, max_size=10),
-    cuts=st.lists(st.integers(1, 400), max_size=12))
-def test_raw_chunk_path_agrees_with_the_decoder(events: list[bytes], raw: list[bytes],
-                                                sizes: list[str], cuts: list[int]) -> None:
-    # SSE events (with odd line breaks mixed in) framed as HTTP chunks, the body cut
-    # into reads anywhere and coalesced: the fast paths must give the same chunk times,
-    # tokens and error as the chunked decoder + SSE parser + fast_token_count.
-    body = b""
+def _framed(events: list[bytes], raw: list[bytes], sizes: list[str]) -> list[bytes]:
+    """SSE events (with odd line breaks mixed in) framed as HTTP chunks, the last chunk too."""
+    framed = []
     for i, payload in enumerate(events):
         event = b"data: " + payload + b"\n\n"
         if i < len(raw):
@@ -456,13 +517,55 @@ def test_raw_chunk_path_agrees_with_the_decoder(events: list[bytes], raw: list[b
                 if i % 3 == 2 else raw[i] + event
         head = (sizes[i % len(sizes)] % len(event)).encode() if "%" in sizes[i % len(sizes)] \
             else b"%x" % len(event)
-        body += head + b"\r\n" + event + b"\r\n"
-    body += b"0\r\n\r\n"
+        framed.append(head + b"\r\n" + event + b"\r\n")
+    return framed + [b"0\r\n\r\n"]
+
+
+stream_events = st.lists(st.one_of(
+    st.builds(lambda k, n: _vllm(k, ids=list(range(n + 1))), st.integers(0, 9), st.integers(0, 2)),
+    st.builds(_vllm, st.integers(0, 9), json_text),
+    chunks(),
+    st.sampled_from([b"[DONE]", b"", b'{"error":{"message":"x"}}', _vllm(1, rid="other")]),
+), min_size=1, max_size=10)
+odd_breaks = st.lists(st.sampled_from([b"", b"\n", b"\r", b"\r\n", b"x", b":c\n", b"\xef\xbb\xbf"]),
+                      max_size=10)
+size_lines = st.lists(st.sampled_from(["%x", "%X", "0%x", "%x;e=1"]), min_size=10, max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=stream_events, raw=odd_breaks, sizes=size_lines,
+       cuts=st.lists(st.integers(1, 400), max_size=12))
+def test_raw_chunk_path_agrees_with_the_decoder(events: list[bytes], raw: list[bytes],
+                                                sizes: list[str], cuts: list[int]) -> None:
+    # the body cut into reads anywhere and coalesced: the fast paths must give the same
+    # chunk times, tokens and error as the chunked decoder + SSE parser + fast_token_count
+    body = b"".join(_framed(events, raw, sizes))
     reads, pos = [], 0
     for c in cuts:
         reads.append(body[pos:pos + c])
         pos += c
     reads = [r for r in reads if r] + ([body[pos:]] if body[pos:] else [])
+    assert _record_through(reads, True) == _record_through(reads, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.one_of(
+    st.builds(_vllm, st.integers(0, 9), json_text),
+    st.builds(_vllm, st.integers(0, 9), st.just(" t"),
+              st.sampled_from([None, [1], [1, 2], [], [-1]]), st.sampled_from([None, "length"])),
+    stream_events.map(lambda events: events[0])), min_size=1, max_size=10),
+       raw=st.lists(st.sampled_from([b""] * 6 + [b"\n", b"\r", b"x"]), max_size=10),
+       sizes=st.lists(st.sampled_from(["%x"] * 6 + ["%X", "0%x"]), min_size=10, max_size=10),
+       groups=st.lists(st.sampled_from([1, 1, 1, 2, 3]), min_size=11, max_size=11))
+def test_whole_chunk_reads_agree_with_the_decoder(events: list[bytes], raw: list[bytes],
+                                                  sizes: list[str], groups: list[int]) -> None:
+    # reads that hold whole chunks, mostly one (how streams arrive): the one-chunk path
+    framed = _framed(events, raw, sizes)
+    reads, pos = [], 0
+    for g in groups:
+        if pos < len(framed):
+            reads.append(b"".join(framed[pos:pos + g]))
+            pos += g
     assert _record_through(reads, True) == _record_through(reads, False)
 
 

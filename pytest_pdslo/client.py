@@ -261,7 +261,7 @@ def _one_chunk_lines(top: int) -> tuple[list[bytes | None], list[int]]:
 _ONE_MAX = 4103
 _ONE_LINE, _ONE_L = _one_chunk_lines(_ONE_MAX)
 """By a read's length: the size line of the one chunk it would be if it were exactly one
-(2 or 3 hex digits, as servers write them), and that line's length."""
+(2 or 3 hex digits, as servers write them; ``None`` if none), and that line's length."""
 
 
 class _Shape:
@@ -308,7 +308,7 @@ class _Shape:
             self.head = head = payload[:c]
             self.tail = tail = payload[k:]
             self.cut = c
-            if b"\n" in head or b"\r" in head or b"\n" in tail or b"\r" in tail:
+            if 10 in head or 13 in head or 10 in tail or 13 in tail:
                 self.raw = _NO_RAW  # never the case in compact JSON: no raw reads then
             else:
                 rhead = b"\r\ndata: " + head
@@ -319,7 +319,8 @@ class _Shape:
 
 _NO_RAW = (b"\xff", b"", 0, 1, 0)
 """``_Shape.raw`` before a shape is learned: (framed head, framed tail, how far to look
-for the end of the chunk size line, their lengths); the head matches no read."""
+for the end of the chunk size line, their lengths); the head matches no read, and a
+span of 0 means no raw reads at all."""
 
 
 class _Fill:
@@ -481,7 +482,7 @@ class _Sink(BodySink):
             # bytes methods (_Shape), anything else the full parse.
             n = len(data) - 2
             if (data.startswith(b"data: ") and data.find(b"\n", 6) == n and data[-1] == 10
-                    and b"\r" not in data and n <= MAX_EVENT_BYTES):
+                    and 13 not in data and n <= MAX_EVENT_BYTES):
                 payload = data[6:n]
                 if self.fresh:
                     self.fresh = False
@@ -530,24 +531,20 @@ class _Sink(BodySink):
             return 0
         rhead, rtail, span, lh, lt = self.shape.raw
         end = len(data)
-        if end < _ONE_MAX:
-            # the usual read: exactly one chunk, whose size line the read's length tells
-            line = _ONE_LINE[end]
-            if line is not None and data.startswith(line):
-                mid = _ONE_L[end] + lh
-                k = end - lt
-                if (data.startswith(rhead, mid - lh) and data.endswith(rtail)
-                        and data.find(b"\n", mid, k) < 0 and data.find(b"\r", mid, k) < 0):
-                    a = data.find(_TOKEN_IDS, mid, k)
-                    if a >= 0:
-                        j = a + 12
-                        c = data[j]
-                        if c == 32:
-                            j += 1
-                            c = data[j]
-                        if c == 91 and data[j + 1:k].isdigit():
-                            self.times.append(now)
-                            return end
+        if span and end < _ONE_MAX:
+            # The usual read: exactly one chunk, its size line told by the read's length.
+            # Slices, comparisons and byte membership only: bytes.find/startswith parse
+            # their arguments through a tuple, which costs more than the search.
+            one = _ONE_L[end]
+            mid = one + lh
+            k = end - lt
+            if data[:one] == _ONE_LINE[end] and data[one:mid] == rhead and data[k:] == rtail:
+                middle = data[mid:k]
+                if 10 not in middle and 13 not in middle:  # (ints: b"\n" in ... costs more)
+                    _, key, ids = middle.partition(_TOKEN_IDS)  # the first key, as _plain
+                    if key and ids[:1] == b"[" and ids[1:].isdigit():
+                        self.times.append(now)
+                        return end
         pos = 0
         while True:
             # the size line's end, then the head there: two cheap calls where one find of

@@ -39,6 +39,7 @@ TOKENS = 128
 _HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
          b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
 _END = b"0\r\n\r\n"
+_ID = "cmpl-0123456789abcdef0123456789abcdef"
 
 
 def _frame(payload: bytes) -> bytes:
@@ -52,7 +53,7 @@ def _chunk(k: int, last: bool, token_ids: bool) -> bytes:
                               "stop_reason": None}
     if token_ids:
         choice["token_ids"] = [1000 + k]
-    body = {"id": "cmpl-0123456789abcdef0123456789abcdef", "object": "text_completion",
+    body = {"id": _ID, "object": "text_completion",
             "created": 1700000000, "model": "fidelity", "choices": [choice], "usage": None}
     return _frame(json.dumps(body, separators=(",", ":")).encode())
 
@@ -68,12 +69,13 @@ class _Chunks:
         if frames is None:
             frames = [_chunk(k, k == n - 1, token_ids) for k in range(n)]
             cls.cache[(n, token_ids)] = frames
-        usage = _frame(json.dumps({"id": "cmpl-0", "object": "text_completion",
+        # vLLM's usage chunk: the stream's id, its UsageInfo key order
+        usage = _frame(json.dumps({"id": _ID, "object": "text_completion",
                                    "created": 1700000000, "model": "fidelity",
                                    "choices": [],
                                    "usage": {"prompt_tokens": prompt_tokens,
-                                             "completion_tokens": n,
-                                             "total_tokens": prompt_tokens + n}},
+                                             "total_tokens": prompt_tokens + n,
+                                             "completion_tokens": n}},
                                   separators=(",", ":")).encode())
         tail = usage + _frame(b"[DONE]") + _END
         return frames[:-1] + [frames[-1] + tail]

@@ -158,6 +158,15 @@ these two counts; no ``"error"`` key, no second ``choices`` or ``usage`` after i
 twice the speed of the parse; anything else is parsed."""
 
 
+def _apply_usage(record: RequestRecord, usage_chunk: re.Match[bytes]) -> None:
+    record.prompt_tokens = int(usage_chunk[1])
+    record.completion_tokens = int(usage_chunk[2])
+
+
+_DONE_CHUNK = b"e\r\ndata: " + DONE + b"\n\n\r\n"
+"""The ``[DONE]`` event as one HTTP chunk."""
+
+
 def _handle_event(payload: bytes, record: RequestRecord, now: float,
                   has_text: Callable[[dict[str, Any]], bool]) -> bool:
     """Apply one SSE payload to ``record`` with a full JSON parse; return True at ``[DONE]``."""
@@ -165,8 +174,7 @@ def _handle_event(payload: bytes, record: RequestRecord, now: float,
         return True
     usage_chunk = _USAGE_CHUNK(payload)
     if usage_chunk is not None:
-        record.prompt_tokens = int(usage_chunk[1])
-        record.completion_tokens = int(usage_chunk[2])
+        _apply_usage(record, usage_chunk)
         return False
     try:
         data = json.loads(payload.decode())  # str skips json's encoding sniffing
@@ -206,6 +214,21 @@ _PLAIN_TAIL = re.compile(rb'\](?:, ?"(?!error")\w+": ?null)*\}\]'
                          rb'(?:, ?"(?!error")\w+": ?null)*\}').fullmatch
 
 
+_TAILS: dict[bytes, bool] = {}
+"""What follows a chunk's token list -> whether it is a plain tail (``_PLAIN_TAIL``): a
+server repeats the same one, so the regular expression runs once per tail, not per stream."""
+
+
+def _plain_tail(tail: bytes) -> bool:
+    plain = _TAILS.get(tail)
+    if plain is None:
+        plain = _PLAIN_TAIL(tail) is not None
+        if len(_TAILS) >= 1024:
+            _TAILS.clear()
+        _TAILS[tail] = plain
+    return plain
+
+
 def _plain(payload: bytes) -> tuple[int, int, int]:
     """``fast_token_count``'s reading: (tokens, end of the ``"choices":`` key, start of the
     tail after the ``token_ids`` list); tokens 0 when the chunk is not a plain one."""
@@ -217,7 +240,7 @@ def _plain(payload: bytes) -> tuple[int, int, int]:
         j += 1
     k = payload.find(b"]", j)
     inner = payload[j + 1:k]
-    if (payload[j:j + 1] != b"[" or k < 0 or not _PLAIN_TAIL(payload, k)
+    if (payload[j:j + 1] != b"[" or k < 0 or not _plain_tail(payload[k:])
             or not inner.strip() or inner.translate(None, _NOT_INTS)
             or payload[:1] != b"{"):
         return 0, 0, 0
@@ -552,45 +575,73 @@ class _Sink(BodySink):
             # head starts with the line's CRLF, which the hex line cannot hold)
             e = data.find(b"\r\n", pos, pos + span)
             if e <= pos or not data.startswith(rhead, e):
-                return pos
+                break
             line = data[pos:e]
             size = _CHUNK_SIZES.get(line)
             if size is None:  # not a short hex number: the long way, as the decoder reads it
                 if not line.isalnum():
-                    return pos
+                    break
                 try:
                     size = int(line, 16)
                 except ValueError:
-                    return pos
+                    break
                 if size + 2 > MAX_EVENT_BYTES:
-                    return pos
+                    break
             nxt = e + size + 4
             k = nxt - lt
             mid = e + lh
             # (past the read's end, the tail cannot be there: no separate bound check)
             if (not data.startswith(rtail, k)
                     or data.find(b"\n", mid, k) >= 0 or data.find(b"\r", mid, k) >= 0):
-                return pos
+                break
             a = data.find(_TOKEN_IDS, mid, k)
             if a < 0:
-                return pos
+                break
             j = a + 12
             c = data[j]  # j <= k: the tail starts with the list's "]" (never " " or "[")
             if c == 32:
                 j += 1
                 c = data[j]
             if c != 91:
-                return pos
+                break
             inner = data[j + 1:k]
             if not inner.isdigit():  # one token: its 1 is not appended (_fill_ones)
                 if not inner.strip() or inner.translate(None, _NOT_INTS):
-                    return pos
+                    break
                 _fill_ones(self.record)
                 self.tokens.append(inner.count(b",") + 1)
             self.times.append(now)
             if nxt == end:
                 return end
             pos = nxt
+        return self._last_events(data, pos)
+
+    def _last_events(self, data: bytes, pos: int) -> int:
+        """A stream's last events, whole chunks at ``pos``: vLLM's usage chunk (matched
+        whole, ``_USAGE_CHUNK``), then ``[DONE]``; read as ``on_body`` reads them (a plain
+        ``data: `` event without line breaks), without the decoder. Returns how far it got.
+        (Not at the body's start: ``on_body`` marks the SSE parser started there.)"""
+        if self.fresh:
+            return pos
+        if data.startswith(_DONE_CHUNK, pos):
+            self.fill.done = True
+            return pos + len(_DONE_CHUNK)
+        e = data.find(b"\r\n", pos, pos + 5)
+        size = _CHUNK_SIZES.get(data[pos:e]) if e > pos else None
+        if size is None:
+            return pos
+        nxt = e + size + 4
+        if data[e:e + 8] != b"\r\ndata: " or data[nxt - 4:nxt] != b"\n\n\r\n":
+            return pos
+        payload = data[e + 8:nxt - 4]
+        usage = _USAGE_CHUNK(payload) if 10 not in payload and 13 not in payload else None
+        if usage is None:
+            return pos
+        _apply_usage(self.record, usage)
+        if data.startswith(_DONE_CHUNK, nxt):
+            self.fill.done = True
+            return nxt + len(_DONE_CHUNK)
+        return nxt
 
     def on_end(self, exc: BaseException | None) -> None:
         if self.finished:

@@ -462,7 +462,10 @@ class Pool:
             conn._close()
             return
         conn.idle_since = _perf()
-        self._idle.setdefault(conn.key, []).append(conn)
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
 
     def forget(self, conn: Connection) -> None:
         self._all.discard(conn)

@@ -481,7 +481,7 @@ def _closing(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
         loop.close()
 
 
-def _record_through(reads: list[bytes], fast: bool) -> tuple[list, list, str]:
+def _record_through(reads: list[bytes], fast: bool) -> tuple[Any, ...]:
     """Feed ``reads`` (a chunked body) to a connection; read i is stamped at time i."""
     clock = iter(range(10 ** 6))
     loop = asyncio.new_event_loop()
@@ -504,7 +504,8 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[list, list, str]:
                 break
             conn.data_received(read)
     _fill_ones(record)
-    return record.chunk_times, record.chunk_tokens, sink.error
+    return (record.chunk_times, record.chunk_tokens, sink.error, record.prompt_tokens,
+            record.completion_tokens, sink.fill.done)
 
 
 def _framed(events: list[bytes], raw: list[bytes], sizes: list[str]) -> list[bytes]:
@@ -526,6 +527,7 @@ stream_events = st.lists(st.one_of(
     st.builds(_vllm, st.integers(0, 9), json_text),
     chunks(),
     st.sampled_from([b"[DONE]", b"", b'{"error":{"message":"x"}}', _vllm(1, rid="other")]),
+    usage_chunks(),
 ), min_size=1, max_size=10)
 odd_breaks = st.lists(st.sampled_from([b"", b"\n", b"\r", b"\r\n", b"x", b":c\n", b"\xef\xbb\xbf"]),
                       max_size=10)
@@ -553,7 +555,7 @@ def test_raw_chunk_path_agrees_with_the_decoder(events: list[bytes], raw: list[b
     st.builds(_vllm, st.integers(0, 9), json_text),
     st.builds(_vllm, st.integers(0, 9), st.just(" t"),
               st.sampled_from([None, [1], [1, 2], [], [-1]]), st.sampled_from([None, "length"])),
-    stream_events.map(lambda events: events[0])), min_size=1, max_size=10),
+    stream_events.map(lambda events: events[0]), usage_chunks()), min_size=1, max_size=10),
        raw=st.lists(st.sampled_from([b""] * 6 + [b"\n", b"\r", b"x"]), max_size=10),
        sizes=st.lists(st.sampled_from(["%x"] * 6 + ["%X", "0%x"]), min_size=10, max_size=10),
        groups=st.lists(st.sampled_from([1, 1, 1, 2, 3]), min_size=11, max_size=11))
@@ -569,13 +571,30 @@ def test_whole_chunk_reads_agree_with_the_decoder(events: list[bytes], raw: list
     assert _record_through(reads, True) == _record_through(reads, False)
 
 
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 4), usage=usage_chunks(), done=st.booleans(),
+       groups=st.lists(st.sampled_from([1, 1, 2, 3]), min_size=8, max_size=8))
+def test_stream_end_reads_agree_with_the_decoder(n: int, usage: bytes, done: bool,
+                                                 groups: list[int]) -> None:
+    # a vLLM stream's end (usage chunk and [DONE], _Sink._last_events), whole chunks per read
+    events = [_vllm(k) for k in range(n)] + [usage] + ([b"[DONE]"] if done else [])
+    framed = _framed(events, [], ["%x"])
+    reads, pos = [], 0
+    for g in groups:
+        if pos < len(framed):
+            reads.append(b"".join(framed[pos:pos + g]))
+            pos += g
+    reads.append(b"".join(framed[pos:]))
+    assert _record_through(reads, True) == _record_through(reads, False)
+
+
 def test_raw_chunk_path_takes_a_vllm_stream(monkeypatch: Any) -> None:
     calls = []
     real = _Sink.on_chunks
 
     def spy(self: Any, data: bytes, now: float) -> int:
         n = real(self, data, now)
-        calls.append(n == len(data))
+        calls.append(n == len(data) or len(data) - n)
         return n
 
     monkeypatch.setattr(_Sink, "on_chunks", spy)
@@ -583,10 +602,16 @@ def test_raw_chunk_path_takes_a_vllm_stream(monkeypatch: Any) -> None:
     reads = [frame(b"data: " + e + b"\n\n") for e in events]
     last = reads.pop()
     reads[-1] += last  # two chunks in one read
-    times, tokens, error = _record_through(reads + [frame(sse("[DONE]")) + b"0\r\n\r\n"],
-                                           True)
+    usage = (b'{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[],'
+             b'"usage":{"prompt_tokens":5,"total_tokens":12,"completion_tokens":7}}')
+    end = frame(b"data: " + usage + b"\n\n") + frame(sse("[DONE]"))
+    times, tokens, error, prompt, completion, done = _record_through(
+        reads + [end + b"0\r\n\r\n"], True)
     assert times == [0, 1, 2, 3, 4, 5, 5] and tokens == [1] * 6 + [2] and not error
+    assert (prompt, completion, done) == (5, 7, True)
     assert calls[1:-1] == [True] * 5  # from the second read on: no decoder, no SSE parser
+    # the last read: usage and [DONE] taken raw too, up to the last chunk (the connection's)
+    assert calls[-1] == len(b"0\r\n\r\n")
 
 
 def test_first_event_after_a_byte_order_mark() -> None:

@@ -12,8 +12,10 @@ generator uses: the protocol fills the record inside ``data_received``, with no
 task wake-up per chunk) or an ``aiohttp.ClientSession`` (the general-purpose
 client; about twice the CPU per chunk). Both share the per-chunk work:
 ``SSEParser`` plus ``fast_token_count``, which reads a plain vLLM token chunk's
-``token_ids`` without a JSON parse; every other event (usage, errors, chunks
-without ``token_ids``) is parsed in full, so counts and error detection are exact.
+``token_ids`` without a JSON parse; vLLM's usage chunk is matched whole by a regular
+expression that admits only JSON whose reading is known; every other event (errors,
+chunks without ``token_ids``, other usage shapes) is parsed in full, so counts and
+error detection are exact.
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ _DONE_CHUNK = b"e\r\ndata: " + DONE + b"\n\n\r\n"
 
 def _handle_event(payload: bytes, record: RequestRecord, now: float,
                   has_text: Callable[[dict[str, Any]], bool]) -> bool:
-    """Apply one SSE payload to ``record`` with a full JSON parse; return True at ``[DONE]``."""
+    """Apply one SSE payload to ``record`` with a full JSON parse (vLLM's usage chunk:
+    matched whole instead, ``_USAGE_CHUNK``); return True at ``[DONE]``."""
     if payload == DONE:
         return True
     usage_chunk = _USAGE_CHUNK(payload)
@@ -352,7 +355,7 @@ class _Fill:
     The read time ``now`` is taken by the caller before the bytes get here. A
     plain token chunk costs a few ``bytes.find`` calls (``_Shape.count``, which is
     ``fast_token_count`` made cheaper by the stream's previous chunk);
-    every other event gets a full JSON parse.
+    every other event goes to ``_handle_event``.
     """
 
     __slots__ = ("record", "times", "tokens", "parser", "has_text", "done", "shape")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pytest_pdslo.client import Endpoint
-from pytest_pdslo.loadgen import (LoadResult, LoadSpec, _in_flight, _Raw, _run_async,  # noqa: F401
+from pytest_pdslo.loadgen import (LoadResult, LoadSpec, _in_flight, _Raw, _run_async,
                                   arrival_offsets, run_in_new_loop)
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec

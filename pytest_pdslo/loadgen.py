@@ -525,11 +525,10 @@ async def _run_async(endpoint: Endpoint, requests: Sequence[RequestSpec], load: 
     gc.disable()
     try:
         run = _Run(session, endpoint, func)
-        if run.lean and load.concurrency is not None:  # the closed loop sends prepared bytes
+        if run.lean:  # closed loops (every warm-up is one) send prepared bytes
             warm.requests = _encode(endpoint, warm.specs)
-            measured.requests = _encode(endpoint, measured.specs)
-        elif run.lean and warm.specs:  # the warm-up runs closed loop
-            warm.requests = _encode(endpoint, warm.specs)
+            if load.concurrency is not None:
+                measured.requests = _encode(endpoint, measured.specs)
         try:
             if warm.specs:
                 warm_c = load.concurrency or load.max_concurrency or len(warm.specs)

@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from pytest_pdslo.clientprocs import _in_flight
 from pytest_pdslo.leanhttp import Origin
-from pytest_pdslo.loadgen import LoadResult, _lag_probe, _loop_factory, _raise_fd_limit
+from pytest_pdslo.loadgen import LoadResult, _in_flight, _lag_probe, _loop_factory, _raise_fd_limit
 from pytest_pdslo.records import RequestRecord
 from pytest_pdslo.workload import RequestSpec
 

@@ -148,16 +148,20 @@ class _StreamError(Exception):
 _S = rb'"[\x20\x21\x23-\x5b\x5d-\x7e]*+"'  # a JSON string of printable ASCII, no escapes
 _N = rb'(?:0|[1-9][0-9]*+)'  # a JSON integer >= 0
 _V = rb'(?:' + _S + rb'|-?' + _N + rb'|null)'
-_USAGE_CHUNK = re.compile(
-    rb'\{(?:"(?!error")[a-z_]++":' + _V + rb',)*+"choices":\[\],'
-    rb'"usage":\{"prompt_tokens":(' + _N + rb'),"total_tokens":' + _N
-    + rb',"completion_tokens":(' + _N + rb')(?:,"prompt_tokens_details":null)?\}'
-    rb'(?:,"(?!(?:error|choices|usage)")[a-z_]++":' + _V + rb')*+\}').fullmatch
+_REST = (rb'\[\],"usage":\{"prompt_tokens":(' + _N + rb'),"total_tokens":' + _N
+         + rb',"completion_tokens":(' + _N + rb')(?:,"prompt_tokens_details":null)?\}'
+         rb'(?:,"(?!(?:error|choices|usage)")[a-z_]++":' + _V + rb')*+\}')
+_USAGE_CHUNK = re.compile(rb'\{(?:"(?!error")[a-z_]++":' + _V + rb',)*+"choices":'
+                          + _REST).fullmatch
 """vLLM's usage chunk (no choices; the usage object in vLLM's key order), matched whole:
 valid JSON by construction (ASCII strings without escapes or control characters, integers
 without leading zeros), so what ``json.loads`` would make of it is known: no content,
 these two counts; no ``"error"`` key, no second ``choices`` or ``usage`` after it. At
 twice the speed of the parse; anything else is parsed."""
+_USAGE_REST = re.compile(_REST).fullmatch
+"""``_USAGE_CHUNK`` after its ``"choices":`` key: a usage chunk that starts with its
+stream's learned head (vLLM's does: the stream's id, created time and model) is matched
+from there, at a third of the cost; the head was read as a plain chunk's."""
 
 
 def _apply_usage(record: RequestRecord, usage_chunk: re.Match[bytes]) -> None:
@@ -167,6 +171,7 @@ def _apply_usage(record: RequestRecord, usage_chunk: re.Match[bytes]) -> None:
 
 _DONE_CHUNK = b"e\r\ndata: " + DONE + b"\n\n\r\n"
 """The ``[DONE]`` event as one HTTP chunk."""
+_DONE_LEN = len(_DONE_CHUNK)
 
 
 def _handle_event(payload: bytes, record: RequestRecord, now: float,
@@ -218,39 +223,49 @@ _PLAIN_TAIL = re.compile(rb'\](?:, ?"(?!error")\w+": ?null)*\}\]'
 
 
 _TAILS: dict[bytes, bool] = {}
-"""What follows a chunk's token list -> whether it is a plain tail (``_PLAIN_TAIL``): a
-server repeats the same one, so the regular expression runs once per tail, not per stream."""
+"""What follows the ``]`` of a chunk's token list -> whether ``]`` and it are a plain tail
+(``_PLAIN_TAIL``): a server repeats the same one, so the regular expression runs once per
+tail, not per stream."""
 
 
-def _plain_tail(tail: bytes) -> bool:
-    plain = _TAILS.get(tail)
-    if plain is None:
-        plain = _PLAIN_TAIL(tail) is not None
-        if len(_TAILS) >= 1024:
-            _TAILS.clear()
-        _TAILS[tail] = plain
+def _plain_tail(rest: bytes) -> bool:
+    plain = _PLAIN_TAIL(b"]" + rest) is not None
+    if len(_TAILS) >= 1024:
+        _TAILS.clear()
+    _TAILS[rest] = plain
     return plain
 
 
 def _plain(payload: bytes) -> tuple[int, int, int]:
     """``fast_token_count``'s reading: (tokens, end of the ``"choices":`` key, start of the
-    tail after the ``token_ids`` list); tokens 0 when the chunk is not a plain one."""
-    i = payload.find(_TOKEN_IDS)
-    if i < 0:
+    tail after the ``token_ids`` list); tokens 0 when the chunk is not a plain one.
+    (``partition`` and ``in``, not ``find``: CPython 3.11's ``bytes.find`` parses its
+    arguments through a tuple, which costs more than the search.)"""
+    before, key, after = payload.partition(_TOKEN_IDS)
+    if not key or payload[:1] != b"{":
         return 0, 0, 0
-    j = i + 12
-    if payload[j:j + 1] == b" ":
-        j += 1
-    k = payload.find(b"]", j)
-    inner = payload[j + 1:k]
-    if (payload[j:j + 1] != b"[" or k < 0 or not _plain_tail(payload[k:])
-            or not inner.strip() or inner.translate(None, _NOT_INTS)
-            or payload[:1] != b"{"):
+    if after[:1] == b" ":
+        after = after[1:]
+    if after[:1] != b"[":
         return 0, 0, 0
-    c = payload.find(b'"choices":', 0, i)
-    if c < 0 or payload.find(b'"error"', 0, c) >= 0 or payload.find(b'"usage"', 0, c) >= 0:
+    inner, bracket, rest = after[1:].partition(b"]")
+    if not bracket:
         return 0, 0, 0
-    return inner.count(b",") + 1, c + 10, k
+    if inner.isdigit():
+        n = 1
+    elif not inner.strip() or inner.translate(None, _NOT_INTS):
+        return 0, 0, 0
+    else:
+        n = inner.count(b",") + 1
+    plain = _TAILS.get(rest)
+    if plain is None:
+        plain = _plain_tail(rest)
+    if not plain:
+        return 0, 0, 0
+    head, choices, _ = before.partition(b'"choices":')
+    if not choices or b'"error"' in head or b'"usage"' in head:
+        return 0, 0, 0
+    return n, len(head) + 10, len(payload) - len(rest) - 1
 
 
 def fast_token_count(payload: bytes) -> int:
@@ -331,16 +346,21 @@ class _Shape:
                         return inner.count(b",") + 1
         n, c, k = _plain(payload)
         if n:
-            self.head = head = payload[:c]
-            self.tail = tail = payload[k:]
-            self.cut = c
-            if 10 in head or 13 in head or 10 in tail or 13 in tail:
-                self.raw = _NO_RAW  # never the case in compact JSON: no raw reads then
-            else:
-                rhead = b"\r\ndata: " + head
-                rtail = tail + b"\n\n\r\n"
-                self.raw = (rhead, rtail, 20, len(rhead), len(rtail))
+            self.learn(payload, c, k)
         return n
+
+    def learn(self, payload: bytes, c: int, k: int, one_line: bool = False) -> None:
+        """Take a plain chunk's head (to ``c``) and tail (from ``k``) as the stream's shape
+        (``one_line``: the caller knows the payload holds no line break)."""
+        self.head = head = payload[:c]
+        self.tail = tail = payload[k:]
+        self.cut = c
+        if not one_line and (10 in head or 13 in head or 10 in tail or 13 in tail):
+            self.raw = _NO_RAW  # never the case in compact JSON: no raw reads then
+        else:
+            rhead = b"\r\ndata: " + head
+            rtail = tail + b"\n\n\r\n"
+            self.raw = (rhead, rtail, 20, len(rhead), len(rtail))
 
 
 _NO_RAW = (b"\xff", b"", 0, 1, 0)
@@ -360,12 +380,13 @@ class _Fill:
 
     __slots__ = ("record", "times", "tokens", "parser", "has_text", "done", "shape")
 
-    def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool]) -> None:
+    def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool],
+                 shape: _Shape | None = None) -> None:
         self.record = record
         self.times = record.chunk_times
         self.tokens = record.chunk_tokens
         self.parser = SSEParser()
-        self.shape = _Shape()
+        self.shape = _Shape() if shape is None else shape
         self.has_text = has_text
         self.done = False
 
@@ -468,12 +489,13 @@ class _Sink(BodySink):
 
     __slots__ = ("fill", "record", "future", "error", "reading", "err_body", "timed_out",
                  "clean", "shape", "times", "tokens", "has_text", "finished", "done",
-                 "conn", "deadline", "index", "reused", "fresh")
+                 "conn", "deadline", "index", "reused", "fresh", "ended", "skipped")
 
     def __init__(self, record: RequestRecord, has_text: Callable[[dict[str, Any]], bool],
                  future: asyncio.Future[None] | None = None,
                  done: Callable[[_Sink], None] | None = None) -> None:
-        self.fill = _Fill(record, has_text)
+        self.fill: _Fill | None = None  # the SSE parser's way, made when first needed
+        self.ended = False  # [DONE] was read
         self.record = record
         self.future = future
         self.done = done
@@ -483,8 +505,9 @@ class _Sink(BodySink):
         self.err_body: bytes | None = None
         self.timed_out = False
         self.clean = False  # the SSE parser holds nothing: a whole event can skip it
-        self.fresh = False  # clean, but at the body's start: the SSE parser has not started
-        self.shape = self.fill.shape
+        self.fresh = False  # clean, but at the body's start: nothing read yet
+        self.skipped = False  # the fast paths read the body's start (no byte-order mark)
+        self.shape = _Shape()
         self.times = record.chunk_times
         self.tokens = record.chunk_tokens
         self.has_text = has_text
@@ -512,9 +535,9 @@ class _Sink(BodySink):
                 payload = data[6:n]
                 if self.fresh:
                     self.fresh = False
-                    self.fill.parser._started = True  # past the byte-order mark check
+                    self.skipped = True
                 if payload == DONE:  # what _handle_event makes of it
-                    self.fill.done = True
+                    self.ended = True
                     return True
                 _fill_ones(self.record)
                 k = self.shape.count(payload)
@@ -524,7 +547,7 @@ class _Sink(BodySink):
                     return True
                 try:
                     if _handle_event(payload, self.record, now, self.has_text):
-                        self.fill.done = True
+                        self.ended = True
                 except _StreamError as exc:
                     self._resolve(str(exc))
                     return False
@@ -533,14 +556,27 @@ class _Sink(BodySink):
             self.err_body += data
             self._http_error()
             return False
+        fill = self._fill()
         self.fresh = False
         try:
-            self.fill.feed(data, now)
+            fill.feed(data, now)
         except _StreamError as exc:
             self._resolve(str(exc))
             return False
-        self.clean = self.fill.parser.idle
+        if fill.done:
+            self.ended = True
+        self.clean = fill.parser.idle
         return True
+
+    def _fill(self) -> _Fill:
+        """The SSE parser's way (``_Fill``), made at the first body piece the fast paths
+        leave: its parser starts past the byte-order mark check if they read the body's
+        start (whole ``data:`` events, which have none)."""
+        fill = self.fill
+        if fill is None:
+            fill = self.fill = _Fill(self.record, self.has_text, self.shape)
+            fill.parser._started = self.skipped
+        return fill
 
     def on_chunks(self, data: bytes, now: float) -> int:
         """Whole HTTP chunks at the start of ``data`` that each hold exactly one SSE event
@@ -557,57 +593,64 @@ class _Sink(BodySink):
             return 0
         rhead, rtail, span, lh, lt = self.shape.raw
         end = len(data)
-        if span and end < _ONE_MAX:
+        if end < _ONE_MAX:
             # The usual read: exactly one chunk, its size line told by the read's length.
             # Slices, comparisons and byte membership only: bytes.find/startswith parse
             # their arguments through a tuple, which costs more than the search.
             one = _ONE_L[end]
-            mid = one + lh
-            k = end - lt
-            if data[:one] == _ONE_LINE[end] and data[one:mid] == rhead and data[k:] == rtail:
-                middle = data[mid:k]
-                if 10 not in middle and 13 not in middle:  # (ints: b"\n" in ... costs more)
-                    _, key, ids = middle.partition(_TOKEN_IDS)  # the first key, as _plain
-                    if key and ids[:1] == b"[" and ids[1:].isdigit():
-                        self.times.append(now)
-                        return end
+            if span:
+                mid = one + lh
+                k = end - lt
+                if (data[:one] == _ONE_LINE[end] and data[one:mid] == rhead
+                        and data[k:] == rtail):
+                    middle = data[mid:k]
+                    if 10 not in middle and 13 not in middle:  # (ints: b"\n" in ... costs more)
+                        _, key, ids = middle.partition(_TOKEN_IDS)  # the first key, as _plain
+                        if key and ids[:1] == b"[" and ids[1:].isdigit():
+                            self.times.append(now)
+                            return end
+            elif (one and data[:one] == _ONE_LINE[end] and data[one:one + 8] == b"\r\ndata: "
+                  and data[end - 4:] == b"\n\n\r\n"):
+                return self._first(data[one + 8:end - 4], end, now)
+        if not span:
+            return self._last_events(data, 0)
         pos = 0
         while True:
-            # the size line's end, then the head there: two cheap calls where one find of
-            # the long head would preprocess it on every read (the same first match: the
-            # head starts with the line's CRLF, which the hex line cannot hold)
-            e = data.find(b"\r\n", pos, pos + span)
-            if e <= pos or not data.startswith(rhead, e):
+            # the size line (2 or 3 hex digits, as servers write them), then the head
+            e = pos + 2
+            size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
+            if size is None:
+                e = pos + 3
+                size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
+                if size is None:
+                    break
+            mid = e + lh
+            if data[e:mid] != rhead:
                 break
-            line = data[pos:e]
-            size = _CHUNK_SIZES.get(line)
-            if size is None:  # not a short hex number: the long way, as the decoder reads it
-                if not line.isalnum():
-                    break
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    break
-                if size + 2 > MAX_EVENT_BYTES:
-                    break
             nxt = e + size + 4
             k = nxt - lt
-            mid = e + lh
             # (past the read's end, the tail cannot be there: no separate bound check)
-            if (not data.startswith(rtail, k)
-                    or data.find(b"\n", mid, k) >= 0 or data.find(b"\r", mid, k) >= 0):
+            if data[k:nxt] != rtail:
+                # vLLM's usage chunk starts with its stream's head too: the rest matched
+                # in place (_USAGE_REST admits no line break), then [DONE]
+                usage = (_USAGE_REST(data, mid, nxt - 4) if data[nxt - 4:nxt] == b"\n\n\r\n"
+                         else None)
+                if usage is None:
+                    break
+                _apply_usage(self.record, usage)
+                if data[nxt:nxt + _DONE_LEN] == _DONE_CHUNK:
+                    self.ended = True
+                    return nxt + _DONE_LEN
+                return nxt
+            middle = data[mid:k]
+            if 10 in middle or 13 in middle:
                 break
-            a = data.find(_TOKEN_IDS, mid, k)
-            if a < 0:
+            _, key, ids = middle.partition(_TOKEN_IDS)  # the first key, as _plain
+            if ids[:1] == b" ":
+                ids = ids[1:]
+            if not key or ids[:1] != b"[":
                 break
-            j = a + 12
-            c = data[j]  # j <= k: the tail starts with the list's "]" (never " " or "[")
-            if c == 32:
-                j += 1
-                c = data[j]
-            if c != 91:
-                break
-            inner = data[j + 1:k]
+            inner = ids[1:]
             if not inner.isdigit():  # one token: its 1 is not appended (_fill_ones)
                 if not inner.strip() or inner.translate(None, _NOT_INTS):
                     break
@@ -619,31 +662,59 @@ class _Sink(BodySink):
             pos = nxt
         return self._last_events(data, pos)
 
+    def _first(self, payload: bytes, end: int, now: float) -> int:
+        """A read of exactly one chunk holding one ``data: <payload>`` event, before the
+        stream's shape is known (its first token chunk): a plain chunk is counted as
+        ``on_body`` would count it and teaches the shape; anything else is left (0)."""
+        if 10 in payload or 13 in payload:
+            return 0
+        n, c, k = _plain(payload)
+        if not n:
+            return 0
+        self.shape.learn(payload, c, k, True)
+        if self.fresh:
+            self.fresh = False
+            self.skipped = True
+        if n > 1:
+            _fill_ones(self.record)
+            self.tokens.append(n)
+        self.times.append(now)
+        return end
+
     def _last_events(self, data: bytes, pos: int) -> int:
         """A stream's last events, whole chunks at ``pos``: vLLM's usage chunk (matched
-        whole, ``_USAGE_CHUNK``), then ``[DONE]``; read as ``on_body`` reads them (a plain
+        after the stream's head, ``_USAGE_REST``, or whole, ``_USAGE_CHUNK``), then ``[DONE]``; read as ``on_body`` reads them (a plain
         ``data: `` event without line breaks), without the decoder. Returns how far it got.
         (Not at the body's start: ``on_body`` marks the SSE parser started there.)"""
         if self.fresh:
             return pos
-        if data.startswith(_DONE_CHUNK, pos):
-            self.fill.done = True
-            return pos + len(_DONE_CHUNK)
-        e = data.find(b"\r\n", pos, pos + 5)
-        size = _CHUNK_SIZES.get(data[pos:e]) if e > pos else None
+        nxt = pos + _DONE_LEN
+        if data[pos:nxt] == _DONE_CHUNK:
+            self.ended = True
+            return nxt
+        e = pos + 2
+        size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
         if size is None:
-            return pos
+            e = pos + 3
+            size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
+            if size is None:
+                return pos
         nxt = e + size + 4
         if data[e:e + 8] != b"\r\ndata: " or data[nxt - 4:nxt] != b"\n\n\r\n":
             return pos
         payload = data[e + 8:nxt - 4]
-        usage = _USAGE_CHUNK(payload) if 10 not in payload and 13 not in payload else None
+        if 10 in payload or 13 in payload:
+            return pos
+        shape = self.shape
+        cut = shape.cut
+        usage = (_USAGE_REST(payload, cut) if payload[:cut] == shape.head
+                 else _USAGE_CHUNK(payload))
         if usage is None:
             return pos
         _apply_usage(self.record, usage)
-        if data.startswith(_DONE_CHUNK, nxt):
-            self.fill.done = True
-            return nxt + len(_DONE_CHUNK)
+        if data[nxt:nxt + _DONE_LEN] == _DONE_CHUNK:
+            self.ended = True
+            return nxt + _DONE_LEN
         return nxt
 
     def on_end(self, exc: BaseException | None) -> None:
@@ -658,13 +729,14 @@ class _Sink(BodySink):
             self._resolve("response ended without a status")
         else:
             fill = self.fill
-            if not fill.done:
+            if not self.ended and fill is not None:  # (no fill: the fast paths left nothing)
                 try:
                     fill.close(time.perf_counter())
                 except _StreamError as err:
                     self._resolve(str(err))
                     return
-            self._resolve("" if fill.done else STREAM_CUT)
+                self.ended = fill.done
+            self._resolve("" if self.ended else STREAM_CUT)
 
     def _http_error(self) -> None:
         head = (self.err_body or b"")[:1024]

@@ -129,6 +129,12 @@ class Connection(asyncio.Protocol):
                 end = len(data)
                 if pos == end:
                     return
+                if end - pos == 5 and data[pos:] == b"0\r\n\r\n":
+                    # the last chunk, no trailer, nothing after (a stream's usual end): what
+                    # _parse makes of it, without the state machine
+                    self.state = _DONE
+                    self._complete(False)
+                    return
                 on_body = sink.on_body
                 while True:
                     eol = data.find(b"\r\n", pos, pos + 18)
@@ -140,10 +146,8 @@ class Connection(asyncio.Protocol):
                         break
                     nxt = eol + size + 4
                     if size <= 0 or nxt > end or data[nxt - 2:nxt] != b"\r\n":
-                        if size == 0 and end - pos == 5 and data.endswith(b"0\r\n\r\n"):
-                            # the last chunk, no trailer, nothing after: what _parse makes
-                            # of it, without the state machine
-                            self.state = _DONE
+                        if end - pos == 5 and data[pos:] == b"0\r\n\r\n":
+                            self.state = _DONE  # the last chunk, as above
                             self._complete(False)
                             return
                         break
@@ -156,6 +160,18 @@ class Connection(asyncio.Protocol):
                 if pos:
                     data = data[pos:]
             self.got_bytes = True
+            if state == _HEAD and not self.buf and data[-4:] == b"\r\n\r\n":
+                # A read of exactly one head seen before (a server's heads repeat): what
+                # _parse makes of it, without the state machine. (A cached head holds no
+                # blank line, so the read's first one is its end.)
+                parsed = _HEADS.get(data[:-4])
+                if parsed is not None and parsed[0] >= 200:
+                    status, headers, self.state, self.left, self.keep = parsed
+                    if not sink.on_head(status, headers):
+                        self._stop()
+                    elif self.state == _DONE:
+                        self._complete(False)
+                    return
             if state == _EOF:
                 if not sink.on_body(data, now):
                     self._stop()
@@ -380,7 +396,7 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 class Origin:
     """Where requests go: scheme, host, port, path prefix and default headers of a base URL."""
 
-    __slots__ = ("scheme", "host", "port", "prefix", "host_header", "auth")
+    __slots__ = ("scheme", "host", "port", "prefix", "host_header", "auth", "key")
 
     def __init__(self, base_url: str) -> None:
         parts = urlsplit(base_url)
@@ -397,10 +413,8 @@ class Origin:
         if parts.username is not None:
             cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             self.auth = "Basic " + base64.b64encode(cred.encode()).decode()
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
+        self.key: tuple[str, str, int] = (self.scheme, self.host, self.port)
+        """What the pool keeps connections by."""
 
 
 class Pool:

@@ -487,6 +487,8 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[Any, ...]:
     loop = asyncio.new_event_loop()
     with pytest.MonkeyPatch.context() as mp, _closing(loop):
         mp.setattr(lean, "_perf", lambda: float(next(clock)))
+        if not fast:  # the reference parses every usage chunk as JSON
+            mp.setattr(client_mod, "_USAGE_CHUNK", lambda payload: None)
         record = RequestRecord(send_time=0.0)
         sink = (_Sink if fast else _SlowSink)(record, COMPLETIONS.has_text,
                                               loop.create_future())
@@ -495,7 +497,7 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[Any, ...]:
         else:
             sink.reading = True
         if not fast:
-            sink.shape = sink.fill.shape = _NoShape()  # type: ignore[assignment]
+            sink.shape = _NoShape()  # type: ignore[assignment]
         conn = Connection(Pool(), ("http", "h", 1))  # no transport: nothing is sent
         conn.sink = sink
         conn.state = _CHUNK_SIZE
@@ -505,7 +507,7 @@ def _record_through(reads: list[bytes], fast: bool) -> tuple[Any, ...]:
             conn.data_received(read)
     _fill_ones(record)
     return (record.chunk_times, record.chunk_tokens, sink.error, record.prompt_tokens,
-            record.completion_tokens, sink.fill.done)
+            record.completion_tokens, sink.ended)
 
 
 def _framed(events: list[bytes], raw: list[bytes], sizes: list[str]) -> list[bytes]:
@@ -571,8 +573,17 @@ def test_whole_chunk_reads_agree_with_the_decoder(events: list[bytes], raw: list
     assert _record_through(reads, True) == _record_through(reads, False)
 
 
+def _with_stream_head(usage: bytes) -> bytes:
+    """A usage chunk (or near miss) given the head of ``_vllm``'s chunks, as vLLM's usage chunk
+    has its stream's: what follows ``"choices":`` is then matched alone (``_USAGE_REST``)."""
+    _, key, rest = usage.partition(b'"choices":')
+    head = _vllm(0).partition(b'"choices":')[0]
+    return head + key + rest if key else usage
+
+
 @settings(max_examples=300, deadline=None)
-@given(n=st.integers(1, 4), usage=usage_chunks(), done=st.booleans(),
+@given(n=st.integers(1, 4), usage=st.one_of(usage_chunks(), usage_chunks().map(_with_stream_head)),
+       done=st.booleans(),
        groups=st.lists(st.sampled_from([1, 1, 2, 3]), min_size=8, max_size=8))
 def test_stream_end_reads_agree_with_the_decoder(n: int, usage: bytes, done: bool,
                                                  groups: list[int]) -> None:
@@ -586,6 +597,22 @@ def test_stream_end_reads_agree_with_the_decoder(n: int, usage: bytes, done: boo
             pos += g
     reads.append(b"".join(framed[pos:]))
     assert _record_through(reads, True) == _record_through(reads, False)
+
+
+def test_usage_chunk_with_the_stream_head_is_matched_after_it(monkeypatch: Any) -> None:
+    seen = []
+    real = client_mod._USAGE_REST
+    monkeypatch.setattr(client_mod, "_USAGE_REST",
+                        lambda data, *span: seen.append(data[span[0]:][:12]) or real(data, *span))
+    usage = _with_stream_head(b'{"id":"x","choices":[],"usage":{"prompt_tokens":7,'
+                              b'"total_tokens":9,"completion_tokens":2}}')
+    framed = _framed([_vllm(0), _vllm(1), usage, b"[DONE]"], [], ["%x"])
+    for reads in ([framed[0], b"".join(framed[1:])],  # last token, usage, [DONE], end: one read
+                  [framed[0], framed[1], b"".join(framed[2:])]):  # usage, [DONE], end
+        seen.clear()
+        out = _record_through(reads, True)
+        assert out == _record_through(reads, False)
+        assert out[3:] == (7, 2, True) and seen == [b'[],"usage":{']
 
 
 def test_raw_chunk_path_takes_a_vllm_stream(monkeypatch: Any) -> None:

@@ -28,7 +28,7 @@ def test_every_scenario_runs(instructions: ModuleType) -> None:
     names = {p.lstrip("-") for parts in instructions.SCENARIOS.values() for _, ps in parts
              for p in ps}
     assert names == {"read-pdslo", "read-minimal", "upto-last", "upto-third", "upto-first",
-                     "upto-head", "usage-match", "usage-json"}
+                     "upto-head", "usage-match", "usage-json", "request-pdslo", "request-minimal"}
     for name in sorted(names):
         instructions._inner(name, 3)  # each asserts what it read (tokens, usage, the end)
 

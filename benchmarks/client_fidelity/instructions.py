@@ -7,8 +7,9 @@ Timings of a few microseconds move by half between runs on a shared VM; instruct
 counts do not (valgrind's callgrind counts what the CPU is asked to do, whatever else
 runs). Each scenario runs twice under callgrind, ``SHORT`` and ``LONG`` times, and the
 difference divided by ``LONG - SHORT`` is printed, so interpreter start-up and imports
-cancel out. ``PYTHONHASHSEED=0`` keeps dict layouts the same run to run, and one
-OpenBLAS thread (numpy is imported) keeps its idle workers' spinning out of the count.
+cancel out. ``PYTHONHASHSEED=0`` keeps dict layouts the same run to run, one OpenBLAS
+thread (numpy is imported) keeps its idle workers' spinning out of the count, and the
+garbage collector is off, as it is during a run.
 
 Scenarios (one operation each):
 
@@ -17,7 +18,9 @@ Scenarios (one operation each):
 - ``last``: a response's last read (last token chunk, usage chunk, ``[DONE]``, the end of
   the chunked body) after a head and three chunks, minus those: the stream-end path;
 - ``first``: the first token chunk of a stream (the shape is learned here), minus the head;
-- ``usage``: vLLM's usage chunk through ``_handle_event`` (matched whole) vs ``json.loads``.
+- ``usage``: vLLM's usage chunk through ``_handle_event`` (matched whole) vs ``json.loads``;
+- ``request``: a whole request of 4 tokens through the load generator's closed loop (record,
+  sink, send, head, reads, end, next request), and the same reads in the minimal client.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -79,9 +83,68 @@ def _lifecycle(n: int, upto: str) -> None:
             conn.sink = None
 
 
+def _closed_loop(n: int) -> None:
+    """``n`` requests of 4 tokens through the load generator's closed loop on one kept-alive
+    connection: record, sink, send, head, three one-chunk reads, the last read, the end, the
+    record finished and the next request sent (what a request costs in a run, all of it)."""
+    import schedule_server
+
+    from pytest_pdslo.client import Endpoint
+    from pytest_pdslo.leanhttp import Connection, Pool
+    from pytest_pdslo.loadgen import _LeanClosed, _Phase, _Run, REQUEST_FUNCS
+    from pytest_pdslo.workload import RequestSpec
+
+    frames = schedule_server._Chunks.get(4, True, 3)
+    endpoint = Endpoint("http://h:1", "m")
+    pool = Pool()
+    run = _Run(pool, endpoint, REQUEST_FUNCS["completions"])
+    phase = _Phase([RequestSpec("p", 4)] * n, warmup=False)
+    phase.requests = [b"x"] * n
+    closed = _LeanClosed(run, phase, 1)
+    conn = Connection(pool, closed.origin.key)
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    pool._release(conn)
+    closed._start_next()
+    received = conn.data_received
+    head = schedule_server._HEAD
+    f0, f1, f2, f3 = frames
+    for _ in range(n):
+        received(head)
+        received(f0)
+        received(f1)
+        received(f2)
+        received(f3)
+    assert all(phase.finished) and phase.records[-1].completion_tokens == 4  # type: ignore[union-attr]
+
+
+def _closed_loop_minimal(n: int) -> None:
+    """The same reads through the minimal client's closed loop."""
+    import minimal_client
+    import schedule_server
+
+    frames = schedule_server._Chunks.get(4, True, 3)
+    batch = minimal_client._Batch([b"x"] * n)
+    conn = minimal_client._Conn()
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    conn.next(batch)
+    received = conn.data_received
+    head = schedule_server._HEAD
+    f0, f1, f2, f3 = frames
+    for _ in range(n):
+        received(head)
+        received(f0)
+        received(f1)
+        received(f2)
+        received(f3)
+    assert batch.done == n and len(batch.times[-1]) == 6
+
+
 def _inner(scenario: str, n: int) -> None:
     import asyncio
+    import gc
     import json
+
+    gc.disable()  # as in a run (run_load, the minimal client): no collections counted
 
     import minimal_client
     import schedule_server
@@ -112,6 +175,10 @@ def _inner(scenario: str, n: int) -> None:
         assert len(mconn.times) == n
     elif scenario.startswith("upto-"):
         _lifecycle(n, scenario[5:])
+    elif scenario == "request-pdslo":
+        _closed_loop(n)
+    elif scenario == "request-minimal":
+        _closed_loop_minimal(n)
     else:
         usage = schedule_server._Chunks.get(4, True, 3)[-1].split(b"data: ")[2].split(b"\n")[0]
         record = RequestRecord(send_time=0.0)
@@ -139,7 +206,9 @@ def _count(scenario: str, n: int) -> int:
 
 
 def per_op(scenario: str) -> float:
-    return (_count(scenario, LONG) - _count(scenario, SHORT)) / (LONG - SHORT)
+    with ThreadPoolExecutor(2) as pool:  # the two runs side by side: counts do not mind
+        long_run, short_run = pool.map(lambda n: _count(scenario, n), (LONG, SHORT))
+    return (long_run - short_run) / (LONG - SHORT)
 
 
 SCENARIOS = {
@@ -147,6 +216,8 @@ SCENARIOS = {
              ("one-chunk read, minimal client", ["read-minimal"])],
     "last": [("last read (token, usage, [DONE], end)", ["upto-last", "-upto-third"])],
     "first": [("first token chunk of a stream", ["upto-first", "-upto-head"])],
+    "request": [("a request of 4 tokens, closed loop, pytest-pdslo", ["request-pdslo"]),
+                ("a request of 4 tokens, closed loop, minimal client", ["request-minimal"])],
     "usage": [("usage chunk, _handle_event (matched whole)", ["usage-match"]),
               ("usage chunk, json.loads", ["usage-json"])],
 }

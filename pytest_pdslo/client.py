@@ -239,8 +239,8 @@ def _plain_tail(rest: bytes) -> bool:
 def _plain(payload: bytes) -> tuple[int, int, int]:
     """``fast_token_count``'s reading: (tokens, end of the ``"choices":`` key, start of the
     tail after the ``token_ids`` list); tokens 0 when the chunk is not a plain one.
-    (``partition`` and ``in``, not ``find``: CPython 3.11's ``bytes.find`` parses its
-    arguments through a tuple, which costs more than the search.)"""
+    (``partition``, not ``find``: CPython 3.11's ``bytes.find`` parses its arguments
+    through a tuple, which costs more than the search.)"""
     before, key, after = payload.partition(_TOKEN_IDS)
     if not key or payload[:1] != b"{":
         return 0, 0, 0
@@ -263,7 +263,9 @@ def _plain(payload: bytes) -> tuple[int, int, int]:
     if not plain:
         return 0, 0, 0
     head, choices, _ = before.partition(b'"choices":')
-    if not choices or b'"error"' in head or b'"usage"' in head:
+    # (partition, not "in": bytes.__contains__ tries the needle as an integer first, and
+    # raises and clears a TypeError for a bytes one)
+    if not choices or head.partition(b'"error"')[1] or head.partition(b'"usage"')[1]:
         return 0, 0, 0
     return n, len(head) + 10, len(payload) - len(rest) - 1
 

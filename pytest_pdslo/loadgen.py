@@ -236,6 +236,7 @@ class _LeanClosed:
         self.finished: asyncio.Future[None] | None = None
         self.sweeper: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_done = self._done  # one bound method for every sink, not one per request
 
     async def drive(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -296,7 +297,7 @@ class _LeanClosed:
         if self.stopped:
             conn.abort()
             return
-        sink = _Sink(record, self.has_text, None, self._done)
+        sink = _Sink(record, self.has_text, None, self.on_done)
         sink.index = i
         sink.conn = conn
         sink.reused = reused

@@ -12,8 +12,9 @@ generator uses: the protocol fills the record inside ``data_received``, with no
 task wake-up per chunk) or an ``aiohttp.ClientSession`` (the general-purpose
 client; about twice the CPU per chunk). Both share the per-chunk work:
 ``SSEParser`` plus ``fast_token_count``, which reads a plain vLLM token chunk's
-``token_ids`` without a JSON parse; vLLM's usage chunk is matched whole by a regular
-expression that admits only JSON whose reading is known; every other event (errors,
+``token_ids`` without a JSON parse; vLLM's usage chunk is matched by a regular
+expression that admits only JSON whose reading is known (after the stream's head, which
+its token chunks taught, or whole); every other event (errors,
 chunks without ``token_ids``, other usage shapes) is parsed in full, so counts and
 error detection are exact.
 """
@@ -375,9 +376,10 @@ class _Fill:
     """Turns response body bytes into the record: SSE events, content chunks, usage.
 
     The read time ``now`` is taken by the caller before the bytes get here. A
-    plain token chunk costs a few ``bytes.find`` calls (``_Shape.count``, which is
+    plain token chunk costs a few ``bytes`` methods (``_Shape.count``, which is
     ``fast_token_count`` made cheaper by the stream's previous chunk);
-    every other event goes to ``_handle_event``.
+    every other event goes to ``_handle_event``. (The lean transport's ``_Sink`` reads
+    whole chunks without it and makes one only for what its fast paths leave.)
     """
 
     __slots__ = ("record", "times", "tokens", "parser", "has_text", "done", "shape")

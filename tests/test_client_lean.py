@@ -187,6 +187,62 @@ def test_100_continue_is_skipped(scripted: Any) -> None:
     assert record.ok, record.error
 
 
+class _Calls(lean.BodySink):
+    """What a connection told its sink, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def on_head(self, status: int, headers: dict[str, str]) -> bool:
+        self.calls.append(("head", status))
+        return True
+
+    def on_body(self, data: bytes, now: float) -> bool:
+        self.calls.append(("body", data))
+        return True
+
+    def on_end(self, exc: BaseException | None) -> None:
+        self.calls.append(("end", exc))
+
+
+class _Wire:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
+@pytest.mark.parametrize("head, body, calls", [
+    (b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n", b"", [("head", 204), ("end", None)]),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"", [("head", 200), ("end", None)]),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok",
+     [("head", 200), ("body", b"ok"), ("end", None)]),
+    (HEAD, frame(b"ab") + b"0\r\n\r\n", [("head", 200), ("body", b"ab"), ("end", None)]),
+])
+def test_a_repeated_head_reads_as_the_first(head: bytes, body: bytes,
+                                            calls: list[tuple[str, Any]]) -> None:
+    # from the second response on, a head read whole comes from the cache of parsed heads,
+    # without the state machine: the sink hears the same, and the connection is reused
+    pool = Pool()
+    conn = Connection(pool, ("http", "h", 1))
+    conn.connection_made(_Wire())  # type: ignore[arg-type]
+    for _ in range(3):
+        sink = _Calls()
+        conn.start(b"x", sink)
+        conn.data_received(head)
+        if body:
+            conn.data_received(body)
+        assert sink.calls == calls and conn.sink is None and conn.got_bytes
+        assert pool.idle(Origin("http://h:1")) is conn
+    assert head[:-4] in lean._HEADS
+
+
 def test_connection_close_header_is_honoured(scripted: Any) -> None:
     head = HEAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
     srv = scripted(lambda n: [head + CHUNKED[len(HEAD):]])

@@ -363,13 +363,13 @@ class _Shape:
         else:
             rhead = b"\r\ndata: " + head
             rtail = tail + b"\n\n\r\n"
-            self.raw = (rhead, rtail, 20, len(rhead), len(rtail))
+            self.raw = (rhead, rtail, 1, len(rhead), len(rtail))
 
 
 _NO_RAW = (b"\xff", b"", 0, 1, 0)
-"""``_Shape.raw`` before a shape is learned: (framed head, framed tail, how far to look
-for the end of the chunk size line, their lengths); the head matches no read, and a
-span of 0 means no raw reads at all."""
+"""``_Shape.raw`` before a shape is learned: (framed head, framed tail, learned (non-zero
+once it is), their lengths); the head matches no read, and 0 means no raw reads of token
+chunks (``_Sink._first`` learns one)."""
 
 
 class _Fill:
@@ -595,14 +595,14 @@ class _Sink(BodySink):
         first, its size line told by its length (``_ONE_LINE``): fewer calls, same checks."""
         if not self.clean:
             return 0
-        rhead, rtail, span, lh, lt = self.shape.raw
+        rhead, rtail, learned, lh, lt = self.shape.raw
         end = len(data)
         if end < _ONE_MAX:
             # The usual read: exactly one chunk, its size line told by the read's length.
             # Slices, comparisons and byte membership only: bytes.find/startswith parse
             # their arguments through a tuple, which costs more than the search.
             one = _ONE_L[end]
-            if span:
+            if learned:
                 mid = one + lh
                 k = end - lt
                 if (data[:one] == _ONE_LINE[end] and data[one:mid] == rhead
@@ -616,7 +616,7 @@ class _Sink(BodySink):
             elif (one and data[:one] == _ONE_LINE[end] and data[one:one + 8] == b"\r\ndata: "
                   and data[end - 4:] == b"\n\n\r\n"):
                 return self._first(data[one + 8:end - 4], end, now)
-        if not span:
+        if not learned:
             return self._last_events(data, 0)
         pos = 0
         while True:
@@ -687,9 +687,10 @@ class _Sink(BodySink):
 
     def _last_events(self, data: bytes, pos: int) -> int:
         """A stream's last events, whole chunks at ``pos``: vLLM's usage chunk (matched
-        after the stream's head, ``_USAGE_REST``, or whole, ``_USAGE_CHUNK``), then ``[DONE]``; read as ``on_body`` reads them (a plain
-        ``data: `` event without line breaks), without the decoder. Returns how far it got.
-        (Not at the body's start: ``on_body`` marks the SSE parser started there.)"""
+        after the stream's head, ``_USAGE_REST``, or whole, ``_USAGE_CHUNK``), then
+        ``[DONE]``; read as ``on_body`` reads them (a plain ``data: `` event without line
+        breaks), without the decoder. Returns how far it got. (Not at the body's start:
+        ``on_body`` reads a first event, and notes that the SSE parser is past its start.)"""
         if self.fresh:
             return pos
         nxt = pos + _DONE_LEN

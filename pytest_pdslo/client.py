@@ -363,13 +363,14 @@ class _Shape:
         else:
             rhead = b"\r\ndata: " + head
             rtail = tail + b"\n\n\r\n"
-            self.raw = (rhead, rtail, 1, len(rhead), len(rtail))
+            self.raw = (rhead, rtail, 1, len(rhead), len(rtail), {})
 
 
-_NO_RAW = (b"\xff", b"", 0, 1, 0)
+_NO_RAW: tuple[bytes, bytes, int, int, int, dict[int, bytes]] = (b"\xff", b"", 0, 1, 0, {})
 """``_Shape.raw`` before a shape is learned: (framed head, framed tail, learned (non-zero
-once it is), their lengths); the head matches no read, and 0 means no raw reads of token
-chunks (``_Sink._first`` learns one)."""
+once it is), their lengths, and by a read's length the size line and framed head a read of
+exactly one chunk of that length starts with); the head matches no read, and 0 means no
+raw reads of token chunks (``_Sink._first`` learns one)."""
 
 
 class _Fill:
@@ -595,27 +596,31 @@ class _Sink(BodySink):
         first, its size line told by its length (``_ONE_LINE``): fewer calls, same checks."""
         if not self.clean:
             return 0
-        rhead, rtail, learned, lh, lt = self.shape.raw
+        rhead, rtail, learned, lh, lt, starts = self.shape.raw
         end = len(data)
         if end < _ONE_MAX:
             # The usual read: exactly one chunk, its size line told by the read's length.
             # Slices, comparisons and byte membership only: bytes.find/startswith parse
             # their arguments through a tuple, which costs more than the search.
-            one = _ONE_L[end]
             if learned:
-                mid = one + lh
+                start = starts.get(end)  # the size line and the framed head, as one
+                if start is None:
+                    line = _ONE_LINE[end]
+                    start = starts[end] = line + rhead if line else b""  # b"": no such read
+                mid = len(start)
                 k = end - lt
-                if (data[:one] == _ONE_LINE[end] and data[one:mid] == rhead
-                        and data[k:] == rtail):
+                if mid and data[:mid] == start and data[k:] == rtail:
                     middle = data[mid:k]
                     if 10 not in middle and 13 not in middle:  # (ints: b"\n" in ... costs more)
                         _, key, ids = middle.partition(_TOKEN_IDS)  # the first key, as _plain
-                        if key and ids[:1] == b"[" and ids[1:].isdigit():
+                        if key and ids[1:].isdigit() and ids[0] == 91:  # "[", then one id
                             self.times.append(now)
                             return end
-            elif (one and data[:one] == _ONE_LINE[end] and data[one:one + 8] == b"\r\ndata: "
-                  and data[end - 4:] == b"\n\n\r\n"):
-                return self._first(data[one + 8:end - 4], end, now)
+            else:
+                one = _ONE_L[end]
+                if (one and data[:one] == _ONE_LINE[end]
+                        and data[one:one + 8] == b"\r\ndata: " and data[end - 4:] == b"\n\n\r\n"):
+                    return self._first(data[one + 8:end - 4], end, now)
         if not learned:
             return self._last_events(data, 0)
         pos = 0

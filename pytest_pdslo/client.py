@@ -290,6 +290,23 @@ _CHUNK_SIZES = {v: n for n in range(1, 4096) for v in (b"%x" % n, b"%X" % n)}
 """HTTP chunk size lines of SSE events (hex, no leading zeros) and their values."""
 
 
+def _short_size(data: bytes, pos: int) -> tuple[int, int]:
+    """The chunk size line at ``pos`` if it is 2 or 3 hex digits (as servers write an SSE
+    event's): (where its CRLF starts, the size); (-1, 0) for anything else, which the
+    chunked decoder reads. Slices and a table, not ``find`` (see ``_Sink.on_chunks``)."""
+    e = pos + 2
+    if data[e:e + 2] == b"\r\n":
+        size = _CHUNK_SIZES.get(data[pos:e])
+        if size is not None:
+            return e, size
+    e = pos + 3
+    if data[e:e + 2] == b"\r\n":
+        size = _CHUNK_SIZES.get(data[pos:e])
+        if size is not None:
+            return e, size
+    return -1, 0
+
+
 def _one_chunk_lines(top: int) -> tuple[list[bytes | None], list[int]]:
     lines: list[bytes | None] = [None] * top
     lens = [0] * top
@@ -625,14 +642,9 @@ class _Sink(BodySink):
             return self._last_events(data, 0)
         pos = 0
         while True:
-            # the size line (2 or 3 hex digits, as servers write them), then the head
-            e = pos + 2
-            size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
-            if size is None:
-                e = pos + 3
-                size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
-                if size is None:
-                    break
+            e, size = _short_size(data, pos)  # the size line, then the head
+            if e < 0:
+                break
             mid = e + lh
             if data[e:mid] != rhead:
                 break
@@ -702,13 +714,9 @@ class _Sink(BodySink):
         if data[pos:nxt] == _DONE_CHUNK:
             self.ended = True
             return nxt
-        e = pos + 2
-        size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
-        if size is None:
-            e = pos + 3
-            size = _CHUNK_SIZES.get(data[pos:e]) if data[e:e + 2] == b"\r\n" else None
-            if size is None:
-                return pos
+        e, size = _short_size(data, pos)
+        if e < 0:
+            return pos
         nxt = e + size + 4
         if data[e:e + 8] != b"\r\ndata: " or data[nxt - 4:nxt] != b"\n\n\r\n":
             return pos

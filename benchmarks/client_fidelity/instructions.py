@@ -33,6 +33,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -83,18 +84,29 @@ def _lifecycle(n: int, upto: str) -> None:
             conn.sink = None
 
 
+def _responses(received: Any, n: int) -> None:
+    """``n`` 4-token responses as the schedule server writes them: the head, then 4 reads."""
+    import schedule_server
+
+    head = schedule_server._HEAD
+    f0, f1, f2, f3 = schedule_server._Chunks.get(4, True, 3)
+    for _ in range(n):
+        received(head)
+        received(f0)
+        received(f1)
+        received(f2)
+        received(f3)
+
+
 def _closed_loop(n: int) -> None:
     """``n`` requests of 4 tokens through the load generator's closed loop on one kept-alive
     connection: record, sink, send, head, three one-chunk reads, the last read, the end, the
     record finished and the next request sent (what a request costs in a run, all of it)."""
-    import schedule_server
-
     from pytest_pdslo.client import Endpoint
     from pytest_pdslo.leanhttp import Connection, Pool
     from pytest_pdslo.loadgen import _LeanClosed, _Phase, _Run, REQUEST_FUNCS
     from pytest_pdslo.workload import RequestSpec
 
-    frames = schedule_server._Chunks.get(4, True, 3)
     endpoint = Endpoint("http://h:1", "m")
     pool = Pool()
     run = _Run(pool, endpoint, REQUEST_FUNCS["completions"])
@@ -105,37 +117,19 @@ def _closed_loop(n: int) -> None:
     conn.connection_made(_Transport())  # type: ignore[arg-type]
     pool._release(conn)
     closed._start_next()
-    received = conn.data_received
-    head = schedule_server._HEAD
-    f0, f1, f2, f3 = frames
-    for _ in range(n):
-        received(head)
-        received(f0)
-        received(f1)
-        received(f2)
-        received(f3)
+    _responses(conn.data_received, n)
     assert all(phase.finished) and phase.records[-1].completion_tokens == 4  # type: ignore[union-attr]
 
 
 def _closed_loop_minimal(n: int) -> None:
     """The same reads through the minimal client's closed loop."""
     import minimal_client
-    import schedule_server
 
-    frames = schedule_server._Chunks.get(4, True, 3)
     batch = minimal_client._Batch([b"x"] * n)
     conn = minimal_client._Conn()
     conn.connection_made(_Transport())  # type: ignore[arg-type]
     conn.next(batch)
-    received = conn.data_received
-    head = schedule_server._HEAD
-    f0, f1, f2, f3 = frames
-    for _ in range(n):
-        received(head)
-        received(f0)
-        received(f1)
-        received(f2)
-        received(f3)
+    _responses(conn.data_received, n)
     assert batch.done == n and len(batch.times[-1]) == 6
 
 
